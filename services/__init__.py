@@ -1,0 +1,1 @@
+"""The four tnrwatch services: intake, classifier, alerts, projections."""

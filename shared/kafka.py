@@ -1,0 +1,103 @@
+"""Kafka plumbing: producers, consumers, topic creation, dead letters."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[attr-defined]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[attr-defined]
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord  # type: ignore[attr-defined]
+
+from shared.events import CloudEvent
+from shared.serialization import to_record
+from shared.settings import Settings
+from shared.telemetry import current_trace_headers
+from shared.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def topics_for(settings: Settings) -> Topics:
+    return Topics(settings.topic_prefix)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create every topic the system uses; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=settings.topic_replication,
+                topic_configs=spec.config,
+            )
+            for spec in topics_for(settings).specs(settings.topic_partitions)
+            if spec.name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another service created it between list and create
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: Settings, *, transactional_id: str | None = None) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        linger_ms=2,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        client_id=settings.service_name,
+    )
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that sees only committed records and commits nothing by itself."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "client_id": settings.service_name,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def send_event(
+    producer: AIOKafkaProducer, topic: str, event: CloudEvent, *, key: str | None
+) -> None:
+    record = to_record(event, key=key, trace_headers=current_trace_headers())
+    await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
+
+
+def dead_letter_payload(record: ConsumerRecord, reason: str, consumer: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The original bytes go unchanged; the reason and origin ride in headers."""
+    headers = list(record.headers or [])
+    headers += [
+        ("dlq_reason", reason.encode()),
+        ("dlq_consumer", consumer.encode()),
+        ("dlq_origin", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ("dlq_at", datetime.now(UTC).isoformat().encode()),
+    ]
+    return record.value or b"", headers
+
+
+def describe_headers(headers: Mapping[str, bytes]) -> str:
+    return json.dumps({k: v.decode(errors="replace") for k, v in headers.items()})

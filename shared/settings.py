@@ -1,0 +1,47 @@
+"""Settings from the environment (prefix ``TNR_``). Secrets never come from the repository."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TNR_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    database_url: str = "postgresql://tnrwatch@127.0.0.1:15432/tnrwatch"
+    # Prefix for every topic name, so that test runs (and tenants) never share topics.
+    topic_prefix: str = "tnrwatch"
+    topic_partitions: int = 3
+    topic_replication: int = 1
+
+    # Keyed pseudonym of targets (HMAC) and the key-encryption key for identity data keys.
+    # Both must be set in production; `make run` generates development values into .secrets/.
+    pseudonym_key: SecretStr = Field(default=SecretStr(""))
+    identity_master_key: SecretStr = Field(default=SecretStr(""))
+
+    service_name: str = "tnrwatch"
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_level: str = "INFO"
+
+    # Files the operators own.
+    receivers_file: str = ""
+    rules_file: str = ""
+
+    # Intake limits.
+    rate_limit_per_minute: int = 6000
+    max_event_bytes: int = 1024 * 1024
+    max_batch_bytes: int = 8 * 1024 * 1024
+    kafka_request_timeout_ms: int = 5000
+
+    # Readers without incidents:read see stats with cells under k suppressed.
+    stats_k: int = 3
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
