@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener  # type: ignore[attr-defined]
-from aiokafka.structs import ConsumerRecord, TopicPartition  # type: ignore[attr-defined]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
@@ -163,11 +163,15 @@ class PgOffsetConsumer(Generic[T]):
                 )
             )
             decoded.append(Consumed(record.topic, record.partition, record.offset, event, value))
+        # One span for the batch's transaction, linked to each record's trace (the records'
+        # own spans stay open until the commit, so every trace reaches the write).
+        links = [trace.Link(span.get_span_context()) for span in spans]
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                if decoded:
-                    await self.handle(conn, decoded)
-                await store_offsets(conn, self.group_id, positions)
+            with self._tracer.start_as_current_span(f"{self.group_id} apply batch", links=links):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if decoded:
+                        await self.handle(conn, decoded)
+                    await store_offsets(conn, self.group_id, positions)
         finally:
             for span in spans:
                 span.end()

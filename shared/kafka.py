@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[attr-defined]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[attr-defined]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import ConsumerRecord  # type: ignore[attr-defined]
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import trace
 
 from shared.events import CloudEvent
 from shared.serialization import to_record
@@ -83,8 +84,13 @@ def make_consumer(
 async def send_event(
     producer: AIOKafkaProducer, topic: str, event: CloudEvent, *, key: str | None
 ) -> None:
-    record = to_record(event, key=key, trace_headers=current_trace_headers())
-    await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
+    with trace.get_tracer("tnrwatch.kafka").start_as_current_span(
+        f"send {topic}", kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                    "cloudevents.event_type": event.type},
+    ):
+        record = to_record(event, key=key, trace_headers=current_trace_headers())
+        await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
 
 
 def dead_letter_payload(record: ConsumerRecord, reason: str, consumer: str) -> tuple[bytes, list[tuple[str, bytes]]]:

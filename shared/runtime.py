@@ -42,7 +42,7 @@ class Supervised:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
 
-    async def stop(self, graceful: Callable[[], None] | None = None, timeout: float = 15.0) -> None:
+    async def stop(self, graceful: Callable[[], None] | None = None, grace_seconds: float = 15.0) -> None:
         """Ask the loop to finish its batch (``graceful``), then wait; cancel if it hangs."""
         self._stopping = True
         if graceful is not None:
@@ -50,7 +50,7 @@ class Supervised:
         if self.task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+            await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
         except (TimeoutError, asyncio.CancelledError):
             self.task.cancel()
         except Exception:

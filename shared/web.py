@@ -1,4 +1,8 @@
-"""What every service's HTTP side shares: health, readiness, metrics, problem details."""
+"""What every service's HTTP side shares: health, readiness, metrics, problem details.
+
+Server spans come from FastAPI's own OpenTelemetry support (W3C trace context in, one span
+per request named by the route template).
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.requests import Request
 
 from shared.problems import install_problem_handlers
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
 log = logging.getLogger(__name__)
-
-
-class _ServerSpan(BaseHTTPMiddleware):
-    """One server span per request; the route template, never the path's values."""
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        tracer = trace.get_tracer("tnrwatch.http")
-        with tracer.start_as_current_span(
-            f"{request.method} {request.url.path.split('/')[1] if request.url.path != '/' else '/'}",
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method},
-        ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
-            route = request.scope.get("route")
-            if route is not None:
-                span.update_name(f"{request.method} {getattr(route, 'path', '')}")
-            return response
 
 
 def create_service_app(
@@ -50,7 +33,6 @@ def create_service_app(
 ) -> FastAPI:
     app = FastAPI(title=title, version=version, lifespan=lifespan, description=description, **kwargs)
     install_problem_handlers(app)
-    app.add_middleware(_ServerSpan)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

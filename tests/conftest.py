@@ -8,10 +8,16 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.settings import Settings
+from shared.telemetry import setup_tracing
 from tests.harness import drop_database, in_process, isolated_settings, issue_key
 from tests.infra import Infra, start_infra
+
+# Installed before any service starts, so every span of the session lands here.
+SPANS = InMemorySpanExporter()
+setup_tracing("tnrwatch-tests", exporter=SPANS)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,49 @@
+# tnrwatch: `make run` runs the whole system locally, `make test` runs the tests.
+# Needs Python 3.11, Java 17 and Maven on the machine; everything else is fetched here.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup lint typecheck pytest stack-up stack-down stack-status bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/python deploy/local/run.py
+
+test: setup
+	bash deploy/local/with-stack.sh $(MAKE) --no-print-directory lint typecheck pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy shared services cli
+
+pytest: setup
+	TNR_TEST_INFRA=$${TNR_TEST_INFRA:-auto} $(BIN)/pytest -q $(PYTEST_ARGS)
+
+stack-up:
+	bash deploy/local/stack.sh up
+
+stack-down:
+	bash deploy/local/stack.sh down
+
+stack-status:
+	bash deploy/local/stack.sh status
+
+bench: setup
+	bash deploy/local/with-stack.sh $(BIN)/python -m benchmarks
+
+clean:
+	bash deploy/local/stack.sh clean || true
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
