@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_event_bytes: int = 1024 * 1024
     max_batch_bytes: int = 8 * 1024 * 1024
     kafka_request_timeout_ms: int = 5000
+    # Intake keeps an authenticated key this long: a revoked key stops working within it.
+    auth_cache_seconds: float = 5.0
 
     # Readers without incidents:read see stats with cells under k suppressed.
     stats_k: int = 3

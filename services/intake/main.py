@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from services.intake.api import router
-from services.intake.service import IntakeContext
+from services.intake.api import IntakeHttp, openapi_components, router
+from services.intake.service import IntakeContext, stop_background
+from services.intake.vault import master_key_from
 from shared.db import create_pool, prepare_database
 from shared.kafka import ensure_topics, make_producer, topics_for
 from shared.runtime import configure_logging, serve
@@ -19,6 +25,7 @@ from shared.web import ReadinessCheck, create_service_app, pool_check
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_PORT = 8081
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,25 +33,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     key = settings.pseudonym_key.get_secret_value()
     if not key:
         raise RuntimeError("TNR_PSEUDONYM_KEY is not set: intake refuses to start without it")
+    master = settings.identity_master_key.get_secret_value()
+    if not master:
+        raise RuntimeError("TNR_IDENTITY_MASTER_KEY is not set: intake refuses to start without it")
+    master_key = master_key_from(master)
+    publish_timeout = settings.kafka_request_timeout_ms / 1000
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_tracing("intake")
-        pool = await create_pool(settings.database_url)
+        pool = await create_pool(settings.database_url, max_size=20)
         await prepare_database(pool, "intake", MIGRATIONS)
         await ensure_topics(settings)
         producer = make_producer(settings.model_copy(update={"service_name": "intake"}))
         await producer.start()
-        app.state.intake = IntakeContext(
+        ctx = IntakeContext(
             pool=pool,
             producer=producer,
             incidents_topic=topics_for(settings).incidents,
             pseudonym_key=key.encode(),
+            master_key=master_key,
+            # Claims carry the instance that made them: a restarted intake is a new instance.
+            instance=f"intake-{uuid.uuid4().hex[:12]}",
+            publish_timeout=publish_timeout,
+        )
+        app.state.intake = ctx
+        app.state.intake_http = IntakeHttp.create(
+            auth_cache_seconds=settings.auth_cache_seconds,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+            max_event_bytes=settings.max_event_bytes,
+            max_batch_bytes=settings.max_batch_bytes,
         )
         try:
             yield
         finally:
-            await producer.stop()
+            await stop_background(ctx, within=publish_timeout * 2)
+            try:
+                # Flushes what is still buffered; bounded, since the broker may be gone.
+                await asyncio.wait_for(producer.stop(), publish_timeout * 2)
+            except TimeoutError:
+                log.warning("the producer did not stop in time; unsettled claims are taken over later")
             await pool.close()
 
     def readiness(app: FastAPI) -> list[ReadinessCheck]:
@@ -61,6 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tnrwatch intake", version="1", lifespan=lifespan, readiness=readiness
     )
     app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -1,8 +1,19 @@
 """Keyed pseudonyms of targets. Pure: no I/O.
 
 The same person reported by two partners must get the same ``target_ref``, so the identity is
-normalised first (Unicode NFKC, case, whitespace, name order) and then HMAC'd with a secret key:
-without the key nobody can test a guessed name against a ``target_ref``.
+normalised first and then HMAC'd (SHA-256) with ``TNR_PSEUDONYM_KEY``: without the key nobody
+can test a guessed name against a ``target_ref``.
+
+Normalisation (docs/intake.md):
+- Unicode NFKC (full-width letters, ligatures, compatibility forms), then case folding;
+- punctuation and any run of whitespace separate name parts ("Li-Wei" = "li wei");
+- name order does not matter for names written with spaces ("Li Wei" = "WEI, li"), because
+  partners write family name first or last;
+- a name in Chinese characters keeps its order (it has no spaces to sort) and loses any
+  spaces a partner typed inside it ("王 伟" = "王伟");
+- the Latin ``name`` is used when given, else ``name_zh``; the birth date joins it when given.
+  Two partners that only share a name in different scripts cannot be linked (no reliable
+  transliteration exists); that is a missed link, never a false one.
 """
 
 from __future__ import annotations
@@ -16,11 +27,18 @@ import uuid
 from services.intake.models import Identity
 
 _INCIDENT_NAMESPACE = uuid.UUID("0b8f3c52-5f0e-4f5e-9d1e-7a2b6c1d9e00")
+_EVENT_NAMESPACE = uuid.UUID("5d0c1a7e-2b61-4d0e-8f59-3c7f1e9a4b21")
+
+
+def _is_han(char: str) -> bool:
+    return "CJK" in unicodedata.name(char, "")
 
 
 def normalise_name(name: str) -> str:
     text = unicodedata.normalize("NFKC", name).casefold()
-    tokens = [t for t in "".join(c if c.isalnum() else " " for c in text).split() if t]
+    tokens = "".join(c if c.isalnum() else " " for c in text).split()
+    if tokens and all(_is_han(c) for c in "".join(tokens)):
+        return "".join(tokens)  # Chinese characters: order is meaningful, spaces are not
     return " ".join(sorted(tokens))  # "Li Wei" and "WEI, li" are the same person
 
 
@@ -40,14 +58,23 @@ def _ref(key: bytes, material: str) -> str:
     return "tr_" + base64.b32encode(digest[:20]).decode().rstrip("=").lower()
 
 
+def person_ref(key: bytes, identity: Identity) -> str | None:
+    material = identity_key(identity)
+    return None if material is None else _ref(key, material)
+
+
 def target_ref_for(key: bytes, identity: Identity | None, *, source: str, subject: str) -> str:
     """Without an identity the target is the partner's own incident series."""
-    material = identity_key(identity) if identity is not None else None
-    if material is None:
-        material = f"series|{source}|{subject}"
-    return _ref(key, material)
+    ref = person_ref(key, identity) if identity is not None else None
+    return ref if ref is not None else _ref(key, f"series|{source}|{subject}")
 
 
 def incident_id_for(source: str, subject: str) -> str:
     """Stable across amendments: the partner's (source, subject) names the incident."""
     return str(uuid.uuid5(_INCIDENT_NAMESPACE, f"{source}\x00{subject}"))
+
+
+def event_id_for(source: str, report_id: str) -> str:
+    """The id of the event intake writes for a partner's report: the same for every attempt,
+    so that a consumer can drop a record written twice (a re-send after a crash)."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{source}\x00{report_id}"))

@@ -1,29 +1,72 @@
-"""Intake's service layer: from a partner's CloudEvent to a pseudonymised event on the log."""
+"""Intake's orchestration: validated reports in, pseudonymised events on the log, claims in
+PostgreSQL. The order of steps is the durability design (docs/intake.md):
+
+1. seal identities under the targets' data keys (created on first sight);
+2. claim each (source, id) in ``intake_reports`` as 'sending' (one INSERT .. ON CONFLICT);
+   a (source, id) already there is a duplicate once 'accepted', or waits while another
+   request is still writing it;
+3. write the claimed events to the log (idempotent producer, acks=all), bounded in time;
+4. mark the claims 'accepted' (and, for erasures, destroy the data keys) and only then
+   answer 202.
+
+If the log does not confirm in time, the answer is 503 and the write goes on in the
+background: the claim is marked 'accepted' if the broker confirms later (the partner's retry
+is then a duplicate) or released if the write fails (the retry writes it). So an event is
+never lost and never on the log twice from a re-post; only a crash between steps 3 and 4
+can write it twice, with the same event id both times (consumers can drop by id).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer  # type: ignore[attr-defined]
-from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ValidationError
+from aiokafka import AIOKafkaProducer
+from opentelemetry import propagate, trace
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel
 
-from services.intake.models import IncidentReport, RetractionData
-from services.intake.pseudonym import incident_id_for, target_ref_for
-from shared.auth import Principal, require
+from services.intake import store
+from services.intake.models import ErasureRequest, IncidentReport, RetractionData
+from services.intake.validation import Prepared
+from services.intake.vault import new_data_key, seal_identity, unwrap_data_key, wrap_data_key
+from shared.auth import Principal
 from shared.events import (
+    PRODUCER_SOURCE,
     CloudEvent,
     EventType,
     IncidentRecorded,
     IncidentRetracted,
     PartnerEventType,
-    new_event,
+    SubjectErased,
 )
-from shared.kafka import send_event
-from shared.problems import Problem, validation_errors
-from shared.vocabulary import Scope
+from shared.problems import Problem
+from shared.serialization import KafkaRecord, to_record
+from shared.telemetry import current_trace_headers
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("tnr_intake_events_total", "Partner events by outcome", ["outcome"])
+PUBLISH_SECONDS = Histogram(
+    "tnr_intake_publish_seconds", "From send to broker acknowledgement (acks=all) and claim update"
+)
+LATE_WRITES = Counter(
+    "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
+)
+
+_KIND = {
+    PartnerEventType.INCIDENT_REPORTED: EventType.INCIDENT_REPORTED,
+    PartnerEventType.INCIDENT_AMENDED: EventType.INCIDENT_AMENDED,
+    PartnerEventType.INCIDENT_RETRACTED: EventType.INCIDENT_RETRACTED,
+    PartnerEventType.ERASURE_REQUESTED: EventType.SUBJECT_ERASED,
+}
 
 
 @dataclass
@@ -38,93 +81,254 @@ class IntakeContext:
     producer: AIOKafkaProducer
     incidents_topic: str
     pseudonym_key: bytes
+    master_key: bytes = b""
+    instance: str = "intake"
+    publish_timeout: float = 5.0
+    # A claim left 'sending' this long by an instance that stopped is taken over by a re-post.
+    stale_claim_seconds: float = 300.0
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """A validated partner event and the internal event it becomes."""
-
-    report: CloudEvent
-    incident_id: str
-    target_ref: str
-    event: CloudEvent
+def _unavailable(detail: str, retry_after: int = 5) -> Problem:
+    return Problem(503, "Service Unavailable", detail, headers={"Retry-After": str(retry_after)})
 
 
-def _invalid(detail: str, exc: ValidationError) -> Problem:
-    return Problem(422, "Unprocessable Content", detail, errors=validation_errors(exc, "/data"))
+def _entry(p: Prepared) -> dict[str, str]:
+    if p.incident_id is None:
+        return {"id": p.envelope.id, "target_ref": p.target_ref or ""}
+    return {"id": p.envelope.id, "incident_id": p.incident_id}
 
 
-def _parse(model: type[BaseModel], data: object, what: str) -> BaseModel:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(f"The {what} is not valid.", exc) from exc
+async def _resolve_retractions(ctx: IntakeContext, prepared: list[Prepared]) -> list[Prepared]:
+    """A retraction travels under its incident's target_ref, so it stays behind its reports."""
+    in_batch: dict[str, str] = {}
+    wanted = [p.incident_id for p in prepared if p.target_ref is None and p.incident_id is not None]
+    known = await store.latest_target_refs(ctx.pool, wanted) if wanted else {}
+    out: list[Prepared] = []
+    unknown: list[dict[str, str]] = []
+    for index, p in enumerate(prepared):
+        if p.target_ref is None and p.incident_id is not None:
+            ref = in_batch.get(p.incident_id) or known.get(p.incident_id)
+            if ref is None:
+                unknown.append({"pointer": f"/{index}/subject" if len(prepared) > 1 else "/subject",
+                                "detail": "no incident with this subject was reported"})
+                continue
+            p = dataclasses.replace(p, target_ref=ref)
+        elif p.incident_id is not None and p.target_ref is not None:
+            in_batch[p.incident_id] = p.target_ref
+        out.append(p)
+    if unknown:
+        raise Problem(422, "Unprocessable Content", "A retraction names an unknown incident.", errors=unknown)
+    return out
 
 
-async def _build(
-    ctx: IntakeContext, event: CloudEvent, principal: Principal, received_at: datetime
-) -> Outgoing:
-    if event.source not in principal.sources:
-        raise Problem(403, "Forbidden", f"Source {event.source!r} is not registered to this partner.")
-    if not event.subject:
-        raise Problem(422, "Unprocessable Content", "subject is required.",
-                      errors=[{"pointer": "/subject", "detail": "the partner's incident reference"}])
-    incident_id = incident_id_for(event.source, event.subject)
-    common = {"incident_id": incident_id, "partner": principal.partner, "source": event.source,
-              "subject": event.subject, "report_id": event.id, "received_at": received_at}
-    if event.type in (PartnerEventType.INCIDENT_REPORTED, PartnerEventType.INCIDENT_AMENDED):
-        report = _parse(IncidentReport, event.data, "incident report")
-        assert isinstance(report, IncidentReport)
-        target_ref = target_ref_for(
-            ctx.pseudonym_key, report.target.identity, source=event.source, subject=event.subject
-        )
-        kind = (EventType.INCIDENT_REPORTED if event.type == PartnerEventType.INCIDENT_REPORTED
-                else EventType.INCIDENT_AMENDED)
-        data: BaseModel = IncidentRecorded(**common, target_ref=target_ref, facts=report.pseudonymised())
-    elif event.type == PartnerEventType.INCIDENT_RETRACTED:
-        retraction = _parse(RetractionData, event.data, "retraction")
-        assert isinstance(retraction, RetractionData)
-        # Same key as the incident's reports, so the retraction stays in order behind them.
-        known = await ctx.pool.fetchval(
-            "SELECT target_ref FROM intake_reports WHERE incident_id = $1 ORDER BY received_at DESC LIMIT 1",
-            incident_id,
-        )
-        if known is None:
-            raise Problem(422, "Unprocessable Content", "No incident with this subject was reported.",
-                          errors=[{"pointer": "/subject", "detail": "unknown incident reference"}])
-        target_ref = known
-        kind = EventType.INCIDENT_RETRACTED
-        data = IncidentRetracted(**common, target_ref=target_ref, reason=retraction.reason)
-    else:
-        raise Problem(422, "Unprocessable Content", f"Unsupported event type {event.type!r}.",
-                      errors=[{"pointer": "/type", "detail": "not a type partners may post"}])
-    return Outgoing(event, incident_id, target_ref, new_event(kind, data, subject=incident_id))
-
-
-async def accept(ctx: IntakeContext, principal: Principal, events: list[CloudEvent]) -> Accepted:
-    require(principal, Scope.EVENTS_WRITE)
-    received_at = datetime.now(UTC)
-    outgoing = [await _build(ctx, e, principal, received_at) for e in events]  # all-or-nothing
-    result = Accepted()
-    for out in outgoing:
-        seen = await ctx.pool.fetchval(
-            "SELECT incident_id FROM intake_reports WHERE source = $1 AND report_id = $2",
-            out.report.source, out.report.id,
-        )
-        if seen is not None:
-            result.duplicates.append({"id": out.report.id, "incident_id": seen})
+async def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> dict[tuple[str, str], bytes]:
+    refs = {p.target_ref for p in prepared if p.identity is not None and p.target_ref is not None}
+    if not refs:
+        return {}
+    candidates = {ref: wrap_data_key(ctx.master_key, new_data_key(), ref) for ref in refs}
+    keys = await store.target_keys(ctx.pool, candidates)
+    sealed: dict[tuple[str, str], bytes] = {}
+    data_keys: dict[str, bytes] = {}
+    for p in prepared:
+        if p.identity is None or p.target_ref is None:
             continue
-        try:
-            await send_event(ctx.producer, ctx.incidents_topic, out.event, key=out.target_ref)
-        except KafkaError as exc:
-            raise Problem(503, "Service Unavailable",
-                          "The log cannot take the write; the event was NOT accepted.",
-                          headers={"Retry-After": "5"}) from exc
-        await ctx.pool.execute(
-            "INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type, partner) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            out.report.source, out.report.id, out.incident_id, out.target_ref, out.report.type,
-            principal.partner,
+        key = keys.get(p.target_ref)
+        if key is None or key.wrapped_key is None:
+            continue  # erased: this person's identity is not kept again
+        if p.target_ref not in data_keys:
+            data_keys[p.target_ref] = unwrap_data_key(ctx.master_key, bytes(key.wrapped_key), p.target_ref)
+        sealed[p.key] = seal_identity(data_keys[p.target_ref], p.identity, p.target_ref)
+    return sealed
+
+
+def _internal_event(p: Prepared, principal: Principal, received_at: datetime) -> CloudEvent:
+    assert p.target_ref is not None
+    data: BaseModel
+    if isinstance(p.payload, ErasureRequest):
+        data = SubjectErased(target_ref=p.target_ref, received_at=received_at)
+    else:
+        assert p.incident_id is not None and p.envelope.subject is not None
+        common: dict[str, Any] = {
+            "incident_id": p.incident_id, "target_ref": p.target_ref, "partner": principal.partner,
+            "source": p.envelope.source, "subject": p.envelope.subject, "report_id": p.envelope.id,
+            "received_at": received_at,
+        }
+        if isinstance(p.payload, RetractionData):
+            data = IncidentRetracted(**common, reason=p.payload.reason)
+        else:
+            assert isinstance(p.payload, IncidentReport)
+            data = IncidentRecorded(**common, facts=p.payload.pseudonymised())
+    # The partner's extension attributes travel with the event (traceparent: see _record).
+    return CloudEvent(
+        id=p.event_id,
+        source=PRODUCER_SOURCE,
+        type=_KIND[p.kind].value,
+        subject=p.incident_id or p.target_ref,
+        time=received_at,
+        data=data.model_dump(mode="json", by_alias=True),
+        **p.envelope.extensions,
+    )
+
+
+def _record(event: CloudEvent, key: str) -> KafkaRecord:
+    """The partner's trace context, when it sent one, is the parent of the write's span, so a
+    partner's trace continues through every service."""
+    partner_trace = {k: str(v) for k, v in event.extensions.items() if k in ("traceparent", "tracestate")}
+    if "traceparent" not in partner_trace:
+        return to_record(event, key=key, trace_headers=current_trace_headers())
+    parent = propagate.extract(partner_trace)
+    with trace.get_tracer("tnrwatch.intake").start_as_current_span("intake publish", context=parent):
+        return to_record(event, key=key, trace_headers=current_trace_headers())
+
+
+async def _wait_for_others(
+    ctx: IntakeContext, keys: list[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], store.Existing], set[tuple[str, str]]]:
+    """Reports another request is writing: wait (bounded) for its outcome. Returns the ones
+    it got accepted and the ones taken over from a writer that stopped (now ours to write)."""
+    deadline = time.monotonic() + ctx.publish_timeout
+    accepted: dict[tuple[str, str], store.Existing] = {}
+    taken: set[tuple[str, str]] = set()
+    waiting = list(keys)
+    while True:
+        rows = {(e.source, e.report_id): e for e in await store.existing(ctx.pool, waiting)}
+        if any(k not in rows for k in waiting):
+            # The other write failed and released its claim: the log is refusing writes.
+            raise _unavailable("The log cannot take the write; the events were NOT accepted.")
+        accepted.update({k: r for k, r in rows.items() if r.status == "accepted"})
+        waiting = [k for k in waiting if k not in accepted]
+        if waiting:
+            taken |= await store.take_over(ctx.pool, waiting, ctx.instance, ctx.stale_claim_seconds)
+            waiting = [k for k in waiting if k not in taken]
+        if not waiting:
+            return accepted, taken
+        if time.monotonic() >= deadline:
+            raise _unavailable("An earlier post of the same event is still being written to the "
+                               "log; retry with the same id.", retry_after=2)
+        await asyncio.sleep(0.02)
+
+
+async def _publish(
+    ctx: IntakeContext, todo: list[Prepared], principal: Principal, received_at: datetime
+) -> list[BaseException | None]:
+    """Write to the log and settle the claims; one result per event (None when acknowledged)."""
+    started = time.monotonic()
+    results: list[BaseException | None] = []
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        for p in todo:
+            assert p.target_ref is not None
+            record = _record(_internal_event(p, principal, received_at), p.target_ref)
+            futures.append(await ctx.producer.send(
+                ctx.incidents_topic, record.value, key=record.key, headers=record.headers
+            ))
+        results = list(await asyncio.gather(*futures, return_exceptions=True))
+    except Exception as exc:  # send() itself failed (metadata, buffer): nothing more goes out
+        done = list(await asyncio.gather(*futures, return_exceptions=True))
+        results = done + [exc] * (len(todo) - len(done))
+    ok = [p for p, r in zip(todo, results, strict=True) if not isinstance(r, BaseException)]
+    failed = [p.key for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
+    outcome: list[BaseException | None] = [r if isinstance(r, BaseException) else None for r in results]
+    if failed:
+        await store.release(ctx.pool, failed, ctx.instance)
+    if ok:
+        erased = [p.target_ref for p in ok if isinstance(p.payload, ErasureRequest) and p.target_ref]
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await store.mark_accepted(conn, [p.key for p in ok], ctx.instance)
+            if erased:
+                await store.erase(conn, erased)
+    PUBLISH_SECONDS.observe(time.monotonic() - started)
+    return outcome
+
+
+def _finish_late(task: asyncio.Task[list[BaseException | None]]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        LATE_WRITES.labels("error").inc()
+        log.warning("a late write did not settle its claims: %s", type(exc).__name__)
+        return
+    results = task.result()
+    LATE_WRITES.labels("failed" if any(results) else "accepted").inc()
+
+
+async def accept(ctx: IntakeContext, principal: Principal, prepared: list[Prepared]) -> Accepted:
+    """Accept validated events: 202 material, or a Problem (422 unknown retraction, 503)."""
+    received_at = datetime.now(UTC)
+    prepared = await _resolve_retractions(ctx, prepared)
+    result = Accepted()
+    first: dict[tuple[str, str], Prepared] = {}
+    repeated: list[Prepared] = []  # the same (source, id) twice in one batch
+    for p in prepared:
+        if p.key in first:
+            repeated.append(p)
+        else:
+            first[p.key] = p
+    unique = list(first.values())
+    sealed = await _seal_identities(ctx, unique)
+    claims = [
+        store.Claim(
+            source=p.envelope.source, report_id=p.envelope.id, incident_id=p.incident_id,
+            target_ref=p.target_ref or "", event_type=p.kind.value, partner=principal.partner,
+            event_id=p.event_id, identity_ciphertext=sealed.get(p.key),
         )
-        result.accepted.append({"id": out.report.id, "incident_id": out.incident_id})
+        for p in unique
+    ]
+    claimed = await store.claim(ctx.pool, claims, ctx.instance)
+    others = [p.key for p in unique if p.key not in claimed]
+    seen: dict[tuple[str, str], store.Existing] = {}
+    if others:
+        try:
+            seen, taken = await _wait_for_others(ctx, others)
+        except Problem:
+            await store.release(ctx.pool, sorted(claimed), ctx.instance)
+            raise
+        claimed |= taken
+    todo = [p for p in unique if p.key in claimed]
+    if todo:
+        task = asyncio.create_task(_publish(ctx, todo, principal, received_at))
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task), ctx.publish_timeout)
+        except TimeoutError:
+            ctx.background.add(task)
+            task.add_done_callback(ctx.background.discard)
+            task.add_done_callback(_finish_late)
+            EVENTS.labels("unavailable").inc(len(todo))
+            raise _unavailable(
+                "The log did not confirm the write in time; the events were NOT accepted. Retry "
+                "with the same ids: a write that completes late is then answered as a duplicate."
+            ) from None
+        except Exception as exc:
+            log.warning("publishing failed: %s", type(exc).__name__)
+            raise _unavailable("The log or the database cannot take the write; the events were "
+                               "NOT accepted.") from exc
+        if any(outcome):
+            EVENTS.labels("unavailable").inc(len(todo))
+            written = sum(1 for r in outcome if r is None)
+            raise _unavailable(
+                "The log refused the write; the events were NOT accepted"
+                + (f" ({written} of {len(todo)} were written: a retry lists them as duplicates)."
+                   if written else ".")
+            )
+    for p in unique:
+        if p.key in claimed:
+            result.accepted.append(_entry(p))
+        else:
+            row = seen.get(p.key)
+            entry = _entry(p)
+            if row is not None and row.incident_id is not None:
+                entry["incident_id"] = row.incident_id
+            result.duplicates.append(entry)
+    result.duplicates += [_entry(p) for p in repeated]
+    EVENTS.labels("accepted").inc(len(result.accepted))
+    EVENTS.labels("duplicate").inc(len(result.duplicates))
     return result
+
+
+async def stop_background(ctx: IntakeContext, within: float) -> None:
+    """Let late writes settle their claims before the producer and the pool close."""
+    tasks: Sequence[asyncio.Task[Any]] = list(ctx.background)
+    if tasks:
+        await asyncio.wait(tasks, timeout=within)

@@ -1,0 +1,221 @@
+"""Intake's SQL: claims (the durable idempotency store), target data keys, sealed identities,
+the audit log. Each function is one round trip unless it says otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Claim:
+    source: str
+    report_id: str
+    incident_id: str | None
+    target_ref: str
+    event_type: str
+    partner: str
+    event_id: str
+    identity_ciphertext: bytes | None
+
+
+@dataclass(frozen=True)
+class Existing:
+    source: str
+    report_id: str
+    incident_id: str | None
+    status: str
+    claimed_by: str | None
+    claimed_at: datetime
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    target_ref: str
+    wrapped_key: bytes | None  # None: erased
+
+    @property
+    def erased(self) -> bool:
+        return self.wrapped_key is None
+
+
+async def latest_target_refs(pool: asyncpg.Pool, incident_ids: Sequence[str]) -> dict[str, str]:
+    """The target of each incident's latest report (retractions follow it on the log)."""
+    rows = await pool.fetch(
+        """SELECT DISTINCT ON (incident_id) incident_id, target_ref
+             FROM intake_reports
+            WHERE incident_id = ANY($1::text[]) AND event_type <> 'org.tnrwatch.incident.retracted.v1'
+            ORDER BY incident_id, received_at DESC""",
+        list(incident_ids),
+    )
+    return {r["incident_id"]: r["target_ref"] for r in rows}
+
+
+async def target_keys(
+    pool: asyncpg.Pool, candidates: dict[str, bytes]
+) -> dict[str, TargetKey]:
+    """The data key of each target, creating it from ``candidates`` (target_ref -> a freshly
+    wrapped key) where the target has none yet. A target erased before keeps no key."""
+    refs = list(candidates)
+    rows = await pool.fetch(
+        """WITH created AS (
+               INSERT INTO intake_target_keys (target_ref, wrapped_key)
+               SELECT * FROM unnest($1::text[], $2::bytea[])
+               ON CONFLICT (target_ref) DO NOTHING
+               RETURNING target_ref, wrapped_key)
+           SELECT target_ref, wrapped_key FROM created
+           UNION ALL
+           SELECT target_ref, wrapped_key FROM intake_target_keys
+            WHERE target_ref = ANY($1::text[])""",
+        refs,
+        [candidates[r] for r in refs],
+    )
+    found = {r["target_ref"]: TargetKey(r["target_ref"], r["wrapped_key"]) for r in rows}
+    missing = [r for r in refs if r not in found]
+    if missing:
+        # Another request created these keys concurrently, after this statement's snapshot.
+        rows = await pool.fetch(
+            "SELECT target_ref, wrapped_key FROM intake_target_keys WHERE target_ref = ANY($1::text[])",
+            missing,
+        )
+        found.update({r["target_ref"]: TargetKey(r["target_ref"], r["wrapped_key"]) for r in rows})
+    return found
+
+
+async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> set[tuple[str, str]]:
+    """Claim reports not seen before; returns the (source, report_id) this call claimed."""
+    if not claims:
+        return set()
+    rows = await pool.fetch(
+        """INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type, partner,
+                                       event_id, identity_ciphertext, status, claimed_by, claimed_at)
+           SELECT s, r, i, t, e, p, v, c, 'sending', $9, now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::bytea[]) AS u(s, r, i, t, e, p, v, c)
+           ON CONFLICT (source, report_id) DO NOTHING
+           RETURNING source, report_id""",
+        [c.source for c in claims],
+        [c.report_id for c in claims],
+        [c.incident_id for c in claims],
+        [c.target_ref for c in claims],
+        [c.event_type for c in claims],
+        [c.partner for c in claims],
+        [c.event_id for c in claims],
+        [c.identity_ciphertext for c in claims],
+        instance,
+    )
+    return {(r["source"], r["report_id"]) for r in rows}
+
+
+async def existing(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> list[Existing]:
+    rows = await pool.fetch(
+        """SELECT source, report_id, incident_id, status, claimed_by, claimed_at
+             FROM intake_reports r
+             JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON r.source = k.s AND r.report_id = k.i""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return [Existing(**dict(r.items())) for r in rows]
+
+
+async def take_over(
+    pool: asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str, stale_seconds: float
+) -> set[tuple[str, str]]:
+    """Claims left 'sending' by an intake that stopped mid-write become ours after a while."""
+    rows = await pool.fetch(
+        """UPDATE intake_reports r SET claimed_by = $3, claimed_at = now()
+             FROM unnest($1::text[], $2::text[]) AS k(s, i)
+            WHERE r.source = k.s AND r.report_id = k.i AND r.status = 'sending'
+              AND r.claimed_at < now() - make_interval(secs => $4)
+           RETURNING r.source, r.report_id""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        instance,
+        stale_seconds,
+    )
+    return {(r["source"], r["report_id"]) for r in rows}
+
+
+async def mark_accepted(
+    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str
+) -> None:
+    await conn.execute(
+        """UPDATE intake_reports r SET status = 'accepted', received_at = now()
+             FROM unnest($1::text[], $2::text[]) AS k(s, i)
+            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        instance,
+    )
+
+
+async def release(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str) -> None:
+    """The log did not take these: forget the claims so that a re-post is written afresh."""
+    await pool.execute(
+        """DELETE FROM intake_reports r
+             USING unnest($1::text[], $2::text[]) AS k(s, i)
+            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3 AND r.status = 'sending'""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        instance,
+    )
+
+
+async def erase(conn: asyncpg.Connection, target_refs: Sequence[str]) -> None:
+    """Crypto-shredding: destroy the data keys (keep tombstones), drop the ciphertexts too."""
+    await conn.execute(
+        """INSERT INTO intake_target_keys (target_ref, wrapped_key, erased_at)
+           SELECT unnest($1::text[]), NULL, now()
+           ON CONFLICT (target_ref) DO UPDATE SET wrapped_key = NULL,
+                  erased_at = coalesce(intake_target_keys.erased_at, now())""",
+        list(target_refs),
+    )
+    await conn.execute(
+        "UPDATE intake_reports SET identity_ciphertext = NULL "
+        "WHERE target_ref = ANY($1::text[]) AND identity_ciphertext IS NOT NULL",
+        list(target_refs),
+    )
+
+
+async def sealed_identities(pool: asyncpg.Pool, target_ref: str) -> tuple[TargetKey | None, list[bytes]]:
+    key = await pool.fetchrow(
+        "SELECT target_ref, wrapped_key FROM intake_target_keys WHERE target_ref = $1", target_ref
+    )
+    rows = await pool.fetch(
+        """SELECT identity_ciphertext FROM intake_reports
+            WHERE target_ref = $1 AND status = 'accepted' AND identity_ciphertext IS NOT NULL
+            ORDER BY received_at""",
+        target_ref,
+    )
+    target_key = None if key is None else TargetKey(key["target_ref"], key["wrapped_key"])
+    return target_key, [bytes(r["identity_ciphertext"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    action: str
+    status: int
+    outcome: str
+    key_id: str | None = None
+    partner: str | None = None
+    mode: str | None = None
+    report_ids: tuple[str, ...] = ()
+    accepted: int = 0
+    duplicates: int = 0
+    detail: str | None = None
+
+
+async def audit(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> None:
+    await pool.executemany(
+        """INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
+                                     accepted, duplicates, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+        [
+            (r.key_id, r.partner, r.action, r.mode, r.status, r.outcome, list(r.report_ids),
+             r.accepted, r.duplicates, r.detail)
+            for r in records
+        ],
+    )

@@ -1,0 +1,125 @@
+"""From posted envelopes to validated, pseudonymised reports. Pure: no I/O.
+
+A batch is all-or-nothing: every event is checked and every error of every event is listed
+(pointers prefixed with the event's index in the batch), before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from services.intake.binding import envelope_errors
+from services.intake.models import ErasureRequest, Identity, IncidentReport, RetractionData
+from services.intake.pseudonym import event_id_for, incident_id_for, person_ref, target_ref_for
+from shared.auth import Principal
+from shared.events import CloudEvent, PartnerEventType
+from shared.problems import Problem, validation_errors
+from shared.vocabulary import Scope
+
+Payload = IncidentReport | RetractionData | ErasureRequest
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One valid partner event, pseudonymised, ready to be claimed and written."""
+
+    envelope: CloudEvent
+    kind: PartnerEventType
+    payload: Payload
+    event_id: str  # of the internal event: the same for every attempt
+    incident_id: str | None  # None for an erasure
+    target_ref: str | None  # None for a retraction until the incident is looked up
+    identity: Identity | None  # clear: stays in this process until sealed
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.envelope.source, self.envelope.id)
+
+
+_DATA_MODELS: dict[PartnerEventType, type[BaseModel]] = {
+    PartnerEventType.INCIDENT_REPORTED: IncidentReport,
+    PartnerEventType.INCIDENT_AMENDED: IncidentReport,
+    PartnerEventType.INCIDENT_RETRACTED: RetractionData,
+    PartnerEventType.ERASURE_REQUESTED: ErasureRequest,
+}
+
+
+def _data_errors(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, list[dict[str, Any]]]:
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, validation_errors(exc, "/data")
+
+
+def prepare_one(
+    raw: Any, principal: Principal, pseudonym_key: bytes
+) -> tuple[Prepared | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prepared, 403 reasons, 422 errors) for one envelope."""
+    errors = envelope_errors(raw)
+    if errors:
+        return None, [], errors
+    try:
+        envelope = CloudEvent.model_validate(raw)
+    except ValidationError as exc:
+        return None, [], validation_errors(exc)
+    forbidden: list[dict[str, Any]] = []
+    if envelope.source not in principal.sources:
+        forbidden.append({"pointer": "/source", "detail": "this source is not registered to your partner"})
+    try:
+        kind = PartnerEventType(envelope.type)
+    except ValueError:
+        return None, forbidden, [{"pointer": "/type", "detail": "not a type partners may post: "
+                                  + ", ".join(t.value for t in PartnerEventType)}]
+    if kind is PartnerEventType.ERASURE_REQUESTED:
+        if not principal.is_admin:
+            forbidden.append({"pointer": "/type", "detail": "erasure requests need the 'admin' scope"})
+    elif not principal.has(Scope.EVENTS_WRITE):
+        forbidden.append({"pointer": "/type", "detail": "this key lacks the 'events:write' scope"})
+
+    subject = envelope.subject
+    if kind is not PartnerEventType.ERASURE_REQUESTED and not (subject and subject.strip()):
+        errors.append({"pointer": "/subject", "detail": "required: the partner's incident reference"})
+    model = _DATA_MODELS[kind]
+    payload, data_errors = _data_errors(model, envelope.data)
+    errors += data_errors
+    if errors or forbidden or payload is None:
+        return None, forbidden, errors
+
+    event_id = event_id_for(envelope.source, envelope.id)
+    if isinstance(payload, ErasureRequest):
+        identity = payload.as_identity()
+        ref = payload.target_ref if identity is None else person_ref(pseudonym_key, identity)
+        return Prepared(envelope, kind, payload, event_id, None, ref, None), [], []
+    assert subject is not None
+    incident_id = incident_id_for(envelope.source, subject)
+    if isinstance(payload, RetractionData):
+        return Prepared(envelope, kind, payload, event_id, incident_id, None, None), [], []
+    assert isinstance(payload, IncidentReport)
+    identity = payload.target.identity
+    if identity is not None and not identity.names_somebody():
+        identity = None  # a birth date alone names nobody: the partner's incident series it is
+    ref = target_ref_for(pseudonym_key, identity, source=envelope.source, subject=subject)
+    return Prepared(envelope, kind, payload, event_id, incident_id, ref, identity), [], []
+
+
+def prepare(events: list[Any], principal: Principal, pseudonym_key: bytes, *, batch: bool) -> list[Prepared]:
+    """All events valid and allowed, or a Problem listing every reason (403 before 422)."""
+    prepared: list[Prepared] = []
+    forbidden: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
+    for index, raw in enumerate(events):
+        prefix = f"/{index}" if batch else ""
+        one, refused, errors = prepare_one(raw, principal, pseudonym_key)
+        forbidden += [{**e, "pointer": prefix + e["pointer"]} for e in refused]
+        invalid += [{**e, "pointer": prefix + e["pointer"]} for e in errors]
+        if one is not None:
+            prepared.append(one)
+    if forbidden:
+        raise Problem(403, "Forbidden", "This key may not post these events.", errors=forbidden)
+    if invalid:
+        what = "No event of the batch was accepted." if batch else "The event was not accepted."
+        raise Problem(422, "Unprocessable Content", f"The CloudEvent is not valid. {what}", errors=invalid)
+    return prepared
