@@ -1,4 +1,5 @@
-"""Alerts wiring: the consumer of classified incidents and the alerts API (port 8083)."""
+"""Alerts wiring: rules and receivers from their files (validated before anything starts), the
+consumer of classified incidents, the delivery workers and the alerts API (port 8083)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,43 @@ from fastapi import FastAPI
 
 from services.alerts import service
 from services.alerts.api import router
+from services.alerts.delivery import delivery_extra
+from services.alerts.engine import Engine
+from services.alerts.receivers import load_receivers
+from services.alerts.rules import load_rules
 from shared.consumer_app import ConsumerService, create_consumer_app
 from shared.runtime import configure_logging, serve
 from shared.settings import Settings, get_settings
 
 DEFAULT_PORT = 8083
+COMPONENT = "alerts"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
-SPEC = ConsumerService(
-    component="alerts",
-    title="tnrwatch alerts",
-    migrations=Path(__file__).parent / "migrations",
-    topics=lambda t: [t.classifications],
-    decode=service.decode,
-    handle=service.handle,
-    routers=[router],
-)
+
+def build_spec(settings: Settings) -> ConsumerService:
+    """Raises RulesError / ReceiversError with every problem listed: the service does not start."""
+    rules = load_rules(settings.rules_file or None)
+    receivers = load_receivers(settings.receivers_file or None)
+    return ConsumerService(
+        component=COMPONENT,
+        title="tnrwatch alerts",
+        migrations=MIGRATIONS,
+        topics=lambda t: [t.classifications],
+        decode=service.decode,
+        handle=service.AlertsHandler(Engine(rules), receivers),
+        routers=[router],
+        extras=[delivery_extra(settings, receivers)],
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_consumer_app(SPEC, settings or get_settings())
+    settings = settings or get_settings()
+    spec = build_spec(settings)
+    app = create_consumer_app(spec, settings)
+    handler = spec.handle
+    assert isinstance(handler, service.AlertsHandler)
+    app.state.receivers = handler.receivers
+    return app
 
 
 def main() -> None:

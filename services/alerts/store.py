@@ -1,66 +1,322 @@
-"""Alerts in PostgreSQL."""
+"""Alerts' SQL (asyncpg): rule state, alerts and their history, silences, the outbox."""
 
 from __future__ import annotations
 
-import uuid
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
-from services.alerts.engine import Finding
+from services.alerts.engine import KeyState
+from services.alerts.lifecycle import AlertChange, AlertRecord
+from shared.events import AlertSeverity, AlertStatus, MatchedAct
+
+NOTIFY_CHANNEL = "tnr_alert_changes"
+
+# --- Rule state ------------------------------------------------------------------------------
 
 
-async def upsert_alert(conn: asyncpg.Connection, finding: Finding) -> None:
+async def load_watermark(conn: asyncpg.Connection) -> date | None:
+    value: date | None = await conn.fetchval("SELECT watermark FROM rule_watermark FOR UPDATE")
+    return value
+
+
+async def save_watermark(conn: asyncpg.Connection, watermark: date) -> None:
     await conn.execute(
-        """INSERT INTO alerts (alert_id, fingerprint, rule, severity, target_ref, place,
-                               incident_ids, matched_acts, summary, deadline)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-           ON CONFLICT (fingerprint) DO UPDATE SET
-               incident_ids = (SELECT array_agg(DISTINCT i) FROM unnest(alerts.incident_ids || EXCLUDED.incident_ids) i),
-               matched_acts = alerts.matched_acts || EXCLUDED.matched_acts,
-               summary = EXCLUDED.summary,
-               last_seen = now()""",
-        str(uuid.uuid4()),
-        finding.fingerprint,
-        finding.rule,
-        finding.severity.value,
-        finding.target_ref,
-        finding.place,
-        list(finding.incident_ids),
-        [m.model_dump(mode="json") for m in finding.matched_acts],
-        finding.summary,
-        finding.deadline,
+        """INSERT INTO rule_watermark (singleton, watermark) VALUES (true, $1)
+           ON CONFLICT (singleton) DO UPDATE SET watermark = greatest(rule_watermark.watermark, EXCLUDED.watermark)""",
+        watermark,
+    )
+
+
+async def load_states(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, KeyState]:
+    rows = await conn.fetch(
+        "SELECT key, state FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE", list(keys)
+    )
+    return {r["key"]: KeyState.from_json(r["state"]) for r in rows}
+
+
+async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState]) -> None:
+    empty = [k for k, s in states.items() if s.empty]
+    full = [(k, s.to_json()) for k, s in states.items() if not s.empty]
+    if empty:
+        await conn.execute("DELETE FROM rule_state WHERE key = ANY($1::text[])", empty)
+    if full:
+        await conn.executemany(
+            """INSERT INTO rule_state (key, state) VALUES ($1, $2)
+               ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
+            full,
+        )
+
+
+@dataclass
+class IncidentFiling:
+    keys: list[str]
+    received_at: datetime
+    retracted: bool = False
+
+
+async def load_filings(conn: asyncpg.Connection, incident_ids: Sequence[str]) -> dict[str, IncidentFiling]:
+    rows = await conn.fetch(
+        "SELECT incident_id, keys, received_at, retracted FROM rule_incidents WHERE incident_id = ANY($1::text[])",
+        list(incident_ids),
+    )
+    return {r["incident_id"]: IncidentFiling(list(r["keys"]), r["received_at"], r["retracted"]) for r in rows}
+
+
+async def save_filings(conn: asyncpg.Connection, filings: dict[str, IncidentFiling]) -> None:
+    if filings:
+        await conn.executemany(
+            """INSERT INTO rule_incidents (incident_id, keys, received_at, retracted) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (incident_id) DO UPDATE SET keys = EXCLUDED.keys,
+                   received_at = EXCLUDED.received_at, retracted = EXCLUDED.retracted""",
+            [(i, f.keys, f.received_at, f.retracted) for i, f in filings.items()],
+        )
+
+
+async def reset_rule_state(conn: asyncpg.Connection, group_id: str) -> None:
+    """For replay: forget the rule state and the consumer's position; alerts, their history
+    and the outbox stay, so nothing is raised or delivered twice."""
+    await conn.execute("TRUNCATE rule_state, rule_incidents, rule_watermark")
+    await conn.execute("DELETE FROM consumer_offsets WHERE group_id = $1", group_id)
+
+
+# --- Alerts ----------------------------------------------------------------------------------
+
+_ALERT_COLUMNS = (
+    "alert_id, fingerprint, rule, severity, status, target_ref, place, incident_ids, matched_acts, summary, "
+    "first_seen, last_seen, deadline, deadline_as_of, epoch, revision, acknowledged_at, acknowledged_by, "
+    "acknowledged_reason, resolved_at, resolved_by, resolved_reason, updated_at"
+)
+
+
+def _record(row: asyncpg.Record) -> AlertRecord:
+    return AlertRecord(
+        alert_id=row["alert_id"], fingerprint=row["fingerprint"], rule=row["rule"],
+        severity=AlertSeverity(row["severity"]), status=AlertStatus(row["status"]),
+        target_ref=row["target_ref"], place=row["place"], incident_ids=tuple(row["incident_ids"]),
+        matched_acts=tuple(MatchedAct.model_validate(m) for m in row["matched_acts"]), summary=row["summary"],
+        first_seen=row["first_seen"], last_seen=row["last_seen"], deadline=row["deadline"],
+        deadline_as_of=row["deadline_as_of"], epoch=row["epoch"], revision=row["revision"],
+        acknowledged_at=row["acknowledged_at"], acknowledged_by=row["acknowledged_by"],
+        acknowledged_reason=row["acknowledged_reason"], resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"], resolved_reason=row["resolved_reason"], updated_at=row["updated_at"],
+    )
+
+
+async def load_alerts(conn: asyncpg.Connection, fingerprints: Iterable[str]) -> dict[str, AlertRecord]:
+    rows = await conn.fetch(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE fingerprint = ANY($1::text[]) ORDER BY fingerprint FOR UPDATE",
+        list(fingerprints),
+    )
+    return {r["fingerprint"]: _record(r) for r in rows}
+
+
+async def get_alert(conn: asyncpg.Connection | asyncpg.Pool, alert_id: str, *, for_update: bool = False) -> AlertRecord | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE alert_id = $1{lock}", alert_id)
+    return _record(row) if row else None
+
+
+async def save_alert(conn: asyncpg.Connection, r: AlertRecord) -> None:
+    await conn.execute(
+        f"""INSERT INTO alerts ({_ALERT_COLUMNS})
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,now())
+            ON CONFLICT (alert_id) DO UPDATE SET
+              severity = EXCLUDED.severity, status = EXCLUDED.status, incident_ids = EXCLUDED.incident_ids,
+              matched_acts = EXCLUDED.matched_acts, summary = EXCLUDED.summary, first_seen = EXCLUDED.first_seen,
+              last_seen = EXCLUDED.last_seen, deadline = EXCLUDED.deadline, deadline_as_of = EXCLUDED.deadline_as_of,
+              epoch = EXCLUDED.epoch, revision = EXCLUDED.revision, acknowledged_at = EXCLUDED.acknowledged_at,
+              acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_reason = EXCLUDED.acknowledged_reason,
+              resolved_at = EXCLUDED.resolved_at, resolved_by = EXCLUDED.resolved_by,
+              resolved_reason = EXCLUDED.resolved_reason, updated_at = now()""",
+        r.alert_id, r.fingerprint, r.rule, r.severity.value, r.status.value, r.target_ref, r.place,
+        list(r.incident_ids), [m.model_dump(mode="json") for m in r.matched_acts], r.summary,
+        r.first_seen, r.last_seen, r.deadline, r.deadline_as_of, r.epoch, r.revision, r.acknowledged_at,
+        r.acknowledged_by, r.acknowledged_reason, r.resolved_at, r.resolved_by, r.resolved_reason,
     )
 
 
 async def list_alerts(
-    pool: asyncpg.Pool, *, status: str | None, severity: str | None, target_ref: str | None
-) -> list[dict[str, Any]]:
+    pool: asyncpg.Pool, *, status: str | None, severity: str | None, target_ref: str | None,
+    rule: str | None = None, place: str | None = None, limit: int = 500,
+) -> list[AlertRecord]:
     rows = await pool.fetch(
-        """SELECT * FROM alerts
-            WHERE ($1::text IS NULL OR status = $1)
-              AND ($2::text IS NULL OR severity = $2)
-              AND ($3::text IS NULL OR target_ref = $3)
-            ORDER BY last_seen DESC LIMIT 500""",
-        status,
-        severity,
-        target_ref,
+        f"""SELECT {_ALERT_COLUMNS} FROM alerts
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR severity = $2)
+               AND ($3::text IS NULL OR target_ref = $3) AND ($4::text IS NULL OR rule = $4)
+               AND ($5::text IS NULL OR place = $5)
+             ORDER BY last_seen DESC, alert_id LIMIT $6""",
+        status, severity, target_ref, rule, place, limit,
     )
-    return [
-        {
-            "alert_id": r["alert_id"],
-            "fingerprint": r["fingerprint"],
-            "rule": r["rule"],
-            "severity": r["severity"],
-            "status": r["status"],
-            "target_ref": r["target_ref"],
-            "place": r["place"],
-            "incident_ids": list(r["incident_ids"]),
-            "matched_acts": r["matched_acts"],
-            "summary": r["summary"],
-            "first_seen": r["first_seen"].isoformat(),
-            "last_seen": r["last_seen"].isoformat(),
-            "deadline": r["deadline"].isoformat() if r["deadline"] else None,
+    return [_record(r) for r in rows]
+
+
+# --- Changes and the outbox ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    receiver: str
+    notify_key: str
+    payload: dict[str, Any]
+
+
+async def record_change(
+    conn: asyncpg.Connection, change: AlertChange, *, silenced: bool, outgoing: Sequence[Outgoing]
+) -> int:
+    """Save the alert, its history row and its outbox rows; returns the change id."""
+    await save_alert(conn, change.record)
+    change_id: int = await conn.fetchval(
+        """INSERT INTO alert_changes (alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING change_id""",
+        change.record.alert_id, change.record.fingerprint, change.record.revision, change.kind.value,
+        change.notify_key, silenced, change.record.to_api(),
+    )
+    if outgoing:
+        await conn.executemany(
+            """INSERT INTO outbox (receiver, fingerprint, notify_key, payload) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (receiver, fingerprint, notify_key) DO NOTHING""",
+            [(o.receiver, change.record.fingerprint, o.notify_key, {**o.payload, "change_id": change_id})
+             for o in outgoing],
+        )
+    return change_id
+
+
+async def announce(conn: asyncpg.Connection, change_ids: Sequence[int]) -> None:
+    """Tell listeners (SSE, delivery workers) once the transaction commits."""
+    if change_ids:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{min(change_ids)},{max(change_ids)}")
+
+
+async def changes_between(conn: asyncpg.Connection | asyncpg.Pool, first: int, last: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        "SELECT change_id, kind, payload FROM alert_changes WHERE change_id BETWEEN $1 AND $2 ORDER BY change_id",
+        first, last,
+    ))
+
+
+async def changes_after(conn: asyncpg.Connection | asyncpg.Pool, after: int, limit: int = 500) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        "SELECT change_id, kind, payload FROM alert_changes WHERE change_id > $1 ORDER BY change_id LIMIT $2",
+        after, limit,
+    ))
+
+
+async def last_change_id(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    value: int = await conn.fetchval("SELECT coalesce(max(change_id), 0) FROM alert_changes")
+    return value
+
+
+async def pending(conn: asyncpg.Connection, receiver: str, limit: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        """SELECT outbox_id, fingerprint, notify_key, payload, attempts, next_attempt_at, now() AS db_now
+             FROM outbox WHERE receiver = $1 AND delivered_at IS NULL
+            ORDER BY outbox_id LIMIT $2""",
+        receiver, limit,
+    ))
+
+
+async def try_lock_receiver(conn: asyncpg.Connection, receiver: str) -> bool:
+    """One sender per receiver across replicas, so a receiver gets its notifications in order."""
+    locked: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('tnr-outbox:' || $1))", receiver)
+    return locked
+
+
+async def mark_delivered(conn: asyncpg.Connection, outbox_ids: Sequence[int], receiver: str,
+                         status_code: int | None, duration_ms: float) -> None:
+    await conn.execute(
+        "UPDATE outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL WHERE outbox_id = ANY($1::bigint[])",
+        list(outbox_ids),
+    )
+    await conn.executemany(
+        """INSERT INTO delivery_attempts (outbox_id, receiver, ok, status_code, duration_ms)
+           VALUES ($1, $2, true, $3, $4)""",
+        [(i, receiver, status_code, duration_ms) for i in outbox_ids],
+    )
+
+
+async def mark_failed(conn: asyncpg.Connection, outbox_id: int, receiver: str, status_code: int | None,
+                      error: str, duration_ms: float, retry_in: float) -> None:
+    await conn.execute(
+        """UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                  next_attempt_at = now() + make_interval(secs => $3) WHERE outbox_id = $1""",
+        outbox_id, error[:1000], retry_in,
+    )
+    await conn.execute(
+        """INSERT INTO delivery_attempts (outbox_id, receiver, ok, status_code, error, duration_ms)
+           VALUES ($1, $2, false, $3, $4, $5)""",
+        outbox_id, receiver, status_code, error[:1000], duration_ms,
+    )
+
+
+async def outbox_backlog(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT receiver, count(*) AS n FROM outbox WHERE delivered_at IS NULL GROUP BY receiver")
+    return {r["receiver"]: r["n"] for r in rows}
+
+
+# --- Silences --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Silence:
+    silence_id: str
+    rule: str | None
+    target_ref: str | None
+    place: str | None
+    ends_at: datetime
+    reason: str
+    created_by: str
+    created_at: datetime
+
+    def mutes(self, rule: str, target_ref: str | None, place: str | None, now: datetime) -> bool:
+        if now >= self.ends_at:
+            return False
+        return (
+            (self.rule is None or self.rule == rule)
+            and (self.target_ref is None or self.target_ref == target_ref)
+            and (self.place is None or self.place == place)
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "silence_id": self.silence_id, "rule": self.rule, "target_ref": self.target_ref, "place": self.place,
+            "until": self.ends_at.isoformat(), "reason": self.reason, "created_by": self.created_by,
+            "created_at": self.created_at.isoformat(),
         }
-        for r in rows
-    ]
+
+
+def _silence(row: asyncpg.Record) -> Silence:
+    return Silence(
+        silence_id=row["silence_id"], rule=row["rule"], target_ref=row["target_ref"], place=row["place"],
+        ends_at=row["ends_at"], reason=row["reason"], created_by=row["created_by"], created_at=row["created_at"],
+    )
+
+
+async def active_silences(conn: asyncpg.Connection | asyncpg.Pool) -> list[Silence]:
+    rows = await conn.fetch("SELECT * FROM silences WHERE deleted_at IS NULL AND ends_at > now() ORDER BY created_at")
+    return [_silence(r) for r in rows]
+
+
+async def create_silence(conn: asyncpg.Connection | asyncpg.Pool, s: Silence) -> Silence:
+    row = await conn.fetchrow(
+        """INSERT INTO silences (silence_id, rule, target_ref, place, ends_at, reason, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+        s.silence_id, s.rule, s.target_ref, s.place, s.ends_at, s.reason, s.created_by,
+    )
+    return _silence(row)
+
+
+async def delete_silence(conn: asyncpg.Connection | asyncpg.Pool, silence_id: str, who: str) -> bool:
+    status: str = await conn.execute(
+        "UPDATE silences SET deleted_at = now(), deleted_by = $2 WHERE silence_id = $1 AND deleted_at IS NULL",
+        silence_id, who,
+    )
+    return status.endswith(" 1")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
