@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     identity_master_key: SecretStr = Field(default=SecretStr(""))
 
     service_name: str = "tnrwatch"
+    # Tells apart instances of one service (e.g. the classifier's transactional.id).
+    instance_id: str = "0"
     host: str = "127.0.0.1"
     port: int = 0
     log_level: str = "INFO"

@@ -1,0 +1,141 @@
+"""The classifier's consume-classify-produce loop against the real broker: amendments,
+retractions, poison records, and an aborted batch re-read from the committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.classifier.service import GROUP_ID, ClassifierLoop
+from shared.events import EventType, IncidentClassified, IncidentRetracted
+from shared.kafka import ensure_topics, topics_for
+from shared.settings import Settings
+from shared.vocabulary import ActType
+from tests.classifier.helpers import decode, put_on_log, put_raw, read_all, recorded, retracted
+from tests.harness import wait_for
+
+
+@asynccontextmanager
+async def running(loop: ClassifierLoop) -> AsyncIterator[ClassifierLoop]:
+    task = asyncio.create_task(loop.run())
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def committed_outputs(settings: Settings, at_least: int) -> list[tuple[str, object]]:
+    topic = topics_for(settings).classifications
+
+    async def enough() -> list[tuple[str, object]] | None:
+        out = decode(await read_all(settings, topic))
+        return out if len(out) >= at_least else None
+
+    return await wait_for(enough, timeout=60, what=f"{at_least} committed classifier outputs")
+
+
+async def test_amended_incident_is_reclassified_and_retraction_passed_on(fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    await ensure_topics(settings)
+    first = recorded("inc-1", acts=[ActType.INTERPOL_RED_NOTICE])
+    amended = first.model_copy(update={
+        "report_id": "inc-1-amendment",
+        "facts": recorded("inc-1", narrative="His parents were detained in Kashgar.").facts,
+    })
+    await put_on_log(settings, topics_for(settings).incidents, [
+        (EventType.INCIDENT_REPORTED, first),
+        (EventType.INCIDENT_AMENDED, amended),
+        (EventType.INCIDENT_RETRACTED, retracted(first)),
+    ])
+    async with running(ClassifierLoop(settings)):
+        out = await committed_outputs(settings, 3)
+
+    assert [t for t, _ in out] == [
+        EventType.INCIDENT_CLASSIFIED, EventType.INCIDENT_CLASSIFIED, EventType.INCIDENT_RETRACTED,
+    ]
+    original, reclassified, retraction = (d for _, d in out)
+    assert isinstance(original, IncidentClassified) and isinstance(reclassified, IncidentClassified)
+    assert original.classification.ccdi_methods == ["extradition"]
+    assert reclassified.incident.report_id == "inc-1-amendment"
+    assert reclassified.classification.ir_categories == ["IR1"]
+    assert reclassified.classification.evidence[0].span is not None
+    assert reclassified.classification.evidence[0].span.text == "parents were detained"
+    assert isinstance(retraction, IncidentRetracted) and retraction.incident_id == "inc-1"
+
+
+async def test_poison_goes_to_dead_letter_with_reason_and_bytes_and_the_partition_moves_on(
+    fresh_settings: Settings,
+) -> None:
+    settings = fresh_settings
+    await ensure_topics(settings)
+    topics = topics_for(settings)
+    # One partition, so that the good reports sit behind the poison ones.
+    good_before, good_after = recorded("ok-1", target_ref="same"), recorded("ok-2", target_ref="same")
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, good_before)])
+    garbage = b"\x00\xffnot json at all"
+    await put_raw(settings, topics.incidents, garbage, [
+        ("ce_specversion", b"1.0"), ("ce_id", b"x1"), ("ce_source", b"urn:x"),
+        ("ce_type", EventType.INCIDENT_REPORTED.value.encode()),
+    ])
+    unknown_version = b'{"anything": 1}'
+    await put_raw(settings, topics.incidents, unknown_version, [
+        ("ce_specversion", b"1.0"), ("ce_id", b"x2"), ("ce_source", b"urn:x"),
+        ("ce_type", b"org.tnrwatch.incident.reported.v9"),
+    ])
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, good_after)])
+
+    async with running(ClassifierLoop(settings)):
+        out = await committed_outputs(settings, 2)
+        dead = await wait_for(
+            lambda: _at_least(read_all(settings, topics.dead_letter(GROUP_ID)), 2), timeout=30, what="dead letters"
+        )
+
+    assert sorted(d.incident.incident_id for _, d in out if isinstance(d, IncidentClassified)) == ["ok-1", "ok-2"]
+    by_value = {r.value: dict(r.headers) for r in dead}
+    assert set(by_value) == {garbage, unknown_version}
+    assert b"not JSON" in by_value[garbage]["dlq_reason"]
+    assert b"unknown event type" in by_value[unknown_version]["dlq_reason"]
+    assert by_value[garbage]["dlq_origin"].startswith(topics.incidents.encode())
+
+
+async def _at_least(records_coro, n: int):  # type: ignore[no-untyped-def]
+    records = await records_coro
+    return records if len(records) >= n else None
+
+
+class FailsOnceMidBatch(ClassifierLoop):
+    """Loses the broker once, in the middle of a batch, after half the batch was written."""
+
+    failed = False
+
+    async def _one(self, producer, record):  # type: ignore[no-untyped-def]
+        if record.offset == 20 and not self.failed:
+            self.failed = True
+            await producer.flush()  # the first 20 outputs are on the broker, uncommitted
+            raise ConnectionError("simulated broker failure in the middle of a batch")
+        return await super()._one(producer, record)
+
+
+async def test_failed_batch_is_aborted_and_reread_so_nothing_is_lost_or_doubled(fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    await ensure_topics(settings)
+    topics = topics_for(settings)
+    # One target, so one partition: the whole burst is one batch.
+    incidents = [recorded(f"b-{i}", acts=[ActType.KIDNAPPING], target_ref="one-target") for i in range(40)]
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, i) for i in incidents])
+
+    loop = FailsOnceMidBatch(settings)
+    async with running(loop):
+        await committed_outputs(settings, 40)
+    out = decode(await read_all(settings, topics.classifications))
+
+    assert loop.failed
+    counts = Counter(d.incident.incident_id for _, d in out)
+    assert sorted(counts) == sorted(i.incident_id for i in incidents)
+    assert set(counts.values()) == {1}
+    # The aborted half-batch is in the log, but only read_uncommitted readers could see it.
+    uncommitted = decode(await read_all(settings, topics.classifications, isolation="read_uncommitted"))
+    assert len(uncommitted) >= len(out) + 20
