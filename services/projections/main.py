@@ -1,13 +1,12 @@
-"""Projections wiring: the read models and the read API (port 8082)."""
+"""Projections wiring: the read models, the read API and the dashboard (port 8082)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.projections import service
 from services.projections.api import router
+from services.projections.rebuild import COMPONENT, MIGRATIONS
 from shared.consumer_app import ConsumerService, create_consumer_app
 from shared.runtime import configure_logging, serve
 from shared.settings import Settings, get_settings
@@ -15,18 +14,26 @@ from shared.settings import Settings, get_settings
 DEFAULT_PORT = 8082
 
 SPEC = ConsumerService(
-    component="projections",
+    component=COMPONENT,
     title="tnrwatch projections",
-    migrations=Path(__file__).parent / "migrations",
-    topics=lambda t: [t.incidents, t.classifications],
+    migrations=MIGRATIONS,
+    topics=lambda t: [t.incidents, t.classifications, t.alerts],
     decode=service.decode,
     handle=service.handle,
     routers=[router],
 )
 
+DESCRIPTION = """Read models folded from the log: incidents with their current classification,
+targets' timelines, a statistics cube, the alerts view; and the dashboard at `/dashboard`.
+
+Authentication: `Authorization: Bearer <API key>`. `incidents:read` sees incidents and exact
+statistics; any other valid key sees statistics with small cells suppressed. Narrative, sources
+and evidence spans go only to the reporting partner and admins. Errors are
+`application/problem+json` (RFC 9457). Every read has an `ETag` and honours `If-None-Match`."""
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_consumer_app(SPEC, settings or get_settings())
+    return create_consumer_app(SPEC, settings or get_settings(), description=DESCRIPTION)
 
 
 def main() -> None:

@@ -1,43 +1,56 @@
-"""Projections' service layer: fold a batch of events into the read models in one transaction."""
+"""Projections' service layer: fold a batch of events into the read models in one transaction.
+
+The live consumer (shared.consumer.PgOffsetConsumer) calls :func:`handle` inside the
+transaction that also stores its offsets. The batch goes to the live generation, which the
+transaction holds FOR SHARE so that a rebuild's swap waits for it. Records below the
+generation's own offsets are already in it (a swap may put the new generation ahead of the
+live consumer) and are skipped, so every event is applied exactly once per generation.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import asyncpg
 from opentelemetry import trace
 from pydantic import BaseModel
 
-from services.projections.folding import IncidentView, apply
-from services.projections.store import load_views, save_views
+from services.projections import store
+from services.projections.folding import LogEvent, fold, incident_ids, target_refs
 from shared.consumer import Consumed
-from shared.events import CloudEvent, IncidentClassified, IncidentRecorded, IncidentRetracted
+from shared.events import CloudEvent
 from shared.serialization import event_data
-
-
 
 
 def decode(event: CloudEvent) -> BaseModel:
     return event_data(event)
 
 
-def _incident_id(data: BaseModel) -> str | None:
-    if isinstance(data, IncidentRecorded | IncidentRetracted):
-        return data.incident_id
-    if isinstance(data, IncidentClassified):
-        return data.incident.incident_id
-    return None
+async def apply_events(conn: asyncpg.Connection, generation: str, events: Sequence[LogEvent]) -> int:
+    """Fold events (in log order) into ``generation``; returns how many were applied."""
+    done = await store.generation_offsets(conn, generation)
+    fresh = [e for e in events if e.offset >= done.get((e.topic, e.partition), 0)]
+    if not fresh:
+        return 0
+    states = await store.load_states(conn, generation, sorted(incident_ids(fresh)))
+    erased = await store.load_erased(conn, generation, sorted(target_refs(fresh)))
+    result = fold(states, erased, fresh)
+    await store.write(conn, generation, result)
+    return result.applied
 
 
 async def handle(conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]]) -> None:
     with trace.get_tracer("tnrwatch.projections").start_as_current_span("projections write"):
-        ids = sorted({i for item in batch if (i := _incident_id(item.value)) is not None})
-        views: dict[str, IncidentView | None] = dict(await load_views(conn, ids))
-        changed: set[str] = set()
-        for item in batch:
-            incident_id = _incident_id(item.value)
-            if incident_id is None:
-                continue
-            views[incident_id] = apply(views.get(incident_id), item.value)
-            changed.add(incident_id)
-        await save_views(conn, [v for i in sorted(changed) if (v := views[i]) is not None])
+        generation = await store.live_generation(conn, lock=True)
+        events = [
+            LogEvent(
+                item.topic,
+                item.partition,
+                item.offset,
+                item.value,
+                json.dumps(item.event.data, separators=(",", ":"), ensure_ascii=False),
+            )
+            for item in batch
+        ]
+        await apply_events(conn, generation, events)

@@ -1,67 +1,408 @@
-"""Incident views in PostgreSQL: loaded and written a batch at a time."""
+"""The read models in PostgreSQL: generations, batched writes, and the queries of the read API.
+
+Every read model lives in a schema per generation (see migrations/002_generations.sql).
+Writes are one multi-row statement per table per batch (``unnest`` of arrays): no round trip
+per event, so a replay runs at the speed of the disk rather than of the network.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from services.projections.folding import IncidentView
-from shared.events import Classification, IncidentRecorded
+from services.projections.folding import FoldResult, IncidentState, alert_row
+from services.projections.reads import (
+    STATS_DIMENSIONS,
+    Cursor,
+    IncidentFilters,
+)
+
+_GENERATION = re.compile(r"^projections_g[0-9]+$")
 
 
-def _to_json(view: IncidentView) -> dict[str, Any]:
-    return {
-        "incident_id": view.incident_id,
-        "target_ref": view.target_ref,
-        "partner": view.partner,
-        "report": view.report.model_dump(mode="json") if view.report else None,
-        "classification": view.classification.model_dump(mode="json", by_alias=True) if view.classification else None,
-        "classified_report_id": view.classified_report_id,
-        "classified_received_at": view.classified_received_at.isoformat() if view.classified_received_at else None,
-        "retracted": view.retracted,
-        "retraction_reason": view.retraction_reason,
-    }
+def _schema(generation: str) -> str:
+    # Schema names go into SQL text, so only our own pattern is ever accepted.
+    if not _GENERATION.match(generation):
+        raise ValueError(f"not a projections generation: {generation!r}")
+    return f'"{generation}"'
 
 
-def _from_json(raw: dict[str, Any]) -> IncidentView:
-    return IncidentView(
-        incident_id=raw["incident_id"],
-        target_ref=raw["target_ref"],
-        partner=raw["partner"],
-        report=IncidentRecorded.model_validate(raw["report"]) if raw["report"] else None,
-        classification=Classification.model_validate(raw["classification"]) if raw["classification"] else None,
-        classified_report_id=raw["classified_report_id"],
-        classified_received_at=datetime.fromisoformat(raw["classified_received_at"]) if raw["classified_received_at"] else None,
-        retracted=raw["retracted"],
-        retraction_reason=raw["retraction_reason"],
+# --- Generations ---------------------------------------------------------------------------
+
+
+async def live_generation(conn: asyncpg.Connection, *, lock: bool = False) -> str:
+    """The generation serving reads; with ``lock`` a swap waits for this transaction."""
+    sql = "SELECT generation FROM projections_state" + (" FOR SHARE" if lock else "")
+    generation: str = await conn.fetchval(sql)
+    return generation
+
+
+async def create_generation(conn: asyncpg.Connection) -> str:
+    """A new, empty, unindexed generation beside the live one (unfinished ones are dropped)."""
+    async with conn.transaction():
+        for row in await conn.fetch("SELECT generation FROM projections_generations WHERE status = 'building'"):
+            await drop_generation(conn, row["generation"])
+        number = await conn.fetchval(
+            """SELECT coalesce(max(substr(generation, 14)::integer), 0) + 1
+                 FROM projections_generations"""
+        )
+        generation = f"projections_g{number}"
+        await conn.execute("SELECT projections_create_generation($1)", generation)
+    return generation
+
+
+async def index_generation(conn: asyncpg.Connection, generation: str) -> None:
+    _schema(generation)
+    await conn.execute("SELECT projections_create_indexes($1)", generation)
+
+
+async def drop_generation(conn: asyncpg.Connection, generation: str) -> None:
+    await conn.execute(f"DROP SCHEMA IF EXISTS {_schema(generation)} CASCADE")
+    await conn.execute("DELETE FROM projections_generations WHERE generation = $1", generation)
+
+
+async def swap_generation(conn: asyncpg.Connection, generation: str) -> str:
+    """Make ``generation`` live (inside the caller's transaction, which holds the state lock).
+
+    Generations older than the one being retired are dropped; the one just retired stays one
+    rebuild longer, so requests that began on it finish and an operator can go back."""
+    old = await conn.fetchval("SELECT generation FROM projections_state FOR UPDATE")
+    await conn.execute("UPDATE projections_state SET generation = $1", generation)
+    await conn.execute(
+        "UPDATE projections_generations SET status = 'live', live_since = now() WHERE generation = $1",
+        generation,
+    )
+    await conn.execute(
+        "UPDATE projections_generations SET status = 'retired', retired_at = now() WHERE generation = $1",
+        old,
+    )
+    for row in await conn.fetch(
+        "SELECT generation FROM projections_generations WHERE status = 'retired' AND generation <> $1",
+        old,
+    ):
+        await drop_generation(conn, row["generation"])
+    return str(old)
+
+
+async def generation_offsets(conn: asyncpg.Connection, generation: str) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {_schema(generation)}.offsets")
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def store_generation_offsets(
+    conn: asyncpg.Connection, generation: str, positions: dict[tuple[str, int], int]
+) -> None:
+    if not positions:
+        return
+    items = list(positions.items())
+    await conn.execute(
+        f"""INSERT INTO {_schema(generation)}.offsets (topic, partition, next_offset)
+            SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[])
+            ON CONFLICT (topic, partition) DO UPDATE
+               SET next_offset = greatest(offsets.next_offset, EXCLUDED.next_offset)""",
+        [t for (t, _), _ in items],
+        [p for (_, p), _ in items],
+        [o for _, o in items],
     )
 
 
-async def load_views(conn: asyncpg.Connection | asyncpg.Pool, incident_ids: list[str]) -> dict[str, IncidentView]:
-    rows = await conn.fetch("SELECT view FROM incidents WHERE incident_id = ANY($1::text[])", incident_ids)
-    return {r["view"]["incident_id"]: _from_json(r["view"]) for r in rows}
+async def live_consumer_offsets(conn: asyncpg.Connection, group_id: str) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch("SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1", group_id)
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
-async def save_views(conn: asyncpg.Connection, views: list[IncidentView]) -> None:
-    await conn.executemany(
-        """INSERT INTO incidents (incident_id, target_ref, partner, occurred_on, country, retracted, view)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (incident_id) DO UPDATE SET
-               target_ref = EXCLUDED.target_ref, occurred_on = EXCLUDED.occurred_on,
-               country = EXCLUDED.country, retracted = EXCLUDED.retracted,
-               view = EXCLUDED.view, updated_at = now()""",
-        [
-            (
-                v.incident_id,
-                v.target_ref,
-                v.partner,
-                v.report.facts.occurred_on if v.report else None,
-                v.report.facts.location.country if v.report else None,
-                v.retracted,
-                _to_json(v),
+# --- Writes ----------------------------------------------------------------------------------
+
+
+async def load_states(
+    conn: asyncpg.Connection, generation: str, incident_ids: Sequence[str]
+) -> dict[str, IncidentState]:
+    if not incident_ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT incident_id, target_ref, partner, report_received_at, classified_received_at,
+                   retracted, retraction_reason
+              FROM {_schema(generation)}.incidents WHERE incident_id = ANY($1::text[])""",
+        list(incident_ids),
+    )
+    return {r["incident_id"]: IncidentState(**dict(r.items())) for r in rows}
+
+
+async def load_erased(conn: asyncpg.Connection, generation: str, target_refs: Sequence[str]) -> dict[str, datetime]:
+    if not target_refs:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT target_ref, erased_at FROM {_schema(generation)}.erased_targets WHERE target_ref = ANY($1::text[])",
+        list(target_refs),
+    )
+    return {r["target_ref"]: r["erased_at"] for r in rows}
+
+
+async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -> None:
+    """Everything a folded batch changes, in a handful of statements."""
+    schema = _schema(generation)
+    if result.incidents:
+        writes = list(result.incidents.values())
+        same = [w.report_in_classified and w.report_json is w.classified_json for w in writes]
+        await conn.execute(
+            f"""INSERT INTO {schema}.incidents AS i
+                   (incident_id, target_ref, partner, report, classification,
+                    report_received_at, classified_received_at, retracted, retraction_reason)
+                SELECT s.incident_id, s.target_ref, s.partner,
+                       CASE WHEN s.in_classified THEN coalesce(j.r, j.c)->'incident' ELSE j.r END,
+                       j.c->'classification',
+                       s.report_received_at, s.classified_received_at, s.retracted, s.retraction_reason
+                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[],
+                              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::boolean[], $10::text[])
+                       AS s(incident_id, target_ref, partner, report, in_classified, classified,
+                            report_received_at, classified_received_at, retracted, retraction_reason),
+                       LATERAL (SELECT s.report::jsonb AS r, s.classified::jsonb AS c) AS j
+                ON CONFLICT (incident_id) DO UPDATE SET
+                    target_ref = EXCLUDED.target_ref,
+                    report = coalesce(EXCLUDED.report, i.report),
+                    classification = coalesce(EXCLUDED.classification, i.classification),
+                    report_received_at = EXCLUDED.report_received_at,
+                    classified_received_at = EXCLUDED.classified_received_at,
+                    retracted = EXCLUDED.retracted,
+                    retraction_reason = EXCLUDED.retraction_reason,
+                    updated_at = now()""",
+            [w.state.incident_id for w in writes],
+            [w.state.target_ref for w in writes],
+            [w.state.partner for w in writes],
+            [None if s else w.report_json for w, s in zip(writes, same, strict=True)],
+            [w.report_in_classified for w in writes],
+            [w.classified_json for w in writes],
+            [w.state.report_received_at for w in writes],
+            [w.state.classified_received_at for w in writes],
+            [w.state.retracted for w in writes],
+            [w.state.retraction_reason for w in writes],
+        )
+    if result.alerts:
+        rows = [alert_row(a) for a in result.alerts.values()]
+        columns = list(zip(*rows, strict=True))
+        await conn.execute(
+            f"""INSERT INTO {schema}.alerts
+                   (fingerprint, alert_id, rule, severity, status, target_ref, place,
+                    incident_ids, summary, first_seen, last_seen, deadline)
+                SELECT s.fingerprint, s.alert_id, s.rule, s.severity, s.status, s.target_ref, s.place,
+                       array(SELECT jsonb_array_elements_text(s.incident_ids::jsonb)),
+                       s.summary, s.first_seen, s.last_seen, s.deadline
+                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                              $11::timestamptz[], $12::date[])
+                       AS s(fingerprint, alert_id, rule, severity, status, target_ref, place,
+                            incident_ids, summary, first_seen, last_seen, deadline)
+                ON CONFLICT (fingerprint) DO UPDATE SET
+                    alert_id = EXCLUDED.alert_id, rule = EXCLUDED.rule, severity = EXCLUDED.severity,
+                    status = EXCLUDED.status, target_ref = EXCLUDED.target_ref, place = EXCLUDED.place,
+                    incident_ids = EXCLUDED.incident_ids, summary = EXCLUDED.summary,
+                    first_seen = EXCLUDED.first_seen, last_seen = EXCLUDED.last_seen,
+                    deadline = EXCLUDED.deadline, updated_at = now()""",
+            *[list(c) for c in columns[:7]],
+            [_json_list(ids) for ids in columns[7]],
+            *[list(c) for c in columns[8:]],
+        )
+    if result.erasures:
+        refs = list(result.erasures)
+        ats = [result.erasures[r] for r in refs]
+        await conn.execute(
+            f"""INSERT INTO {schema}.erased_targets (target_ref, erased_at)
+                SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                ON CONFLICT (target_ref) DO UPDATE
+                   SET erased_at = greatest(erased_targets.erased_at, EXCLUDED.erased_at)""",
+            refs,
+            ats,
+        )
+        # Mirrors folding.strip_confidential for what is already stored.
+        await conn.execute(
+            f"""UPDATE {schema}.incidents AS i SET
+                    report = jsonb_set(i.report #- '{{facts,narrative}}', '{{facts,sources}}', '[]'),
+                    classification = CASE WHEN i.classification IS NULL THEN NULL ELSE jsonb_set(
+                        i.classification, '{{evidence}}',
+                        coalesce((SELECT jsonb_agg(e - 'span')
+                                    FROM jsonb_array_elements(i.classification->'evidence') e), '[]'))
+                    END,
+                    updated_at = now()
+                  FROM unnest($1::text[], $2::timestamptz[]) AS e(target_ref, erased_at)
+                 WHERE i.target_ref = e.target_ref AND i.report IS NOT NULL
+                   AND i.report_received_at <= e.erased_at""",
+            refs,
+            ats,
+        )
+    await store_generation_offsets(conn, generation, result.positions)
+    await conn.execute(
+        f"""UPDATE {schema}.progress SET version = version + 1,
+               events_applied = events_applied + $1, updated_at = now()""",
+        result.applied,
+    )
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values))
+
+
+# --- Reads -----------------------------------------------------------------------------------
+
+
+async def read_generation(conn: asyncpg.Connection) -> tuple[str, int]:
+    """The live generation and its version (call inside the read's transaction)."""
+    generation = await live_generation(conn)
+    version = await conn.fetchval(f"SELECT version FROM {_schema(generation)}.progress")
+    return generation, int(version)
+
+
+async def progress(conn: asyncpg.Connection, generation: str) -> dict[str, Any]:
+    row = await conn.fetchrow(f"SELECT version, events_applied, updated_at FROM {_schema(generation)}.progress")
+    assert row is not None
+    return dict(row.items())
+
+
+_INCIDENT_COLUMNS = """incident_id, target_ref, partner, report, classification, retracted,
+    occurred_on, country, target_group, act_types, pace_methods, ccdi_methods,
+    persuasion_channels, ir_categories, classifier_version"""
+
+
+def _where(filters: IncidentFilters, params: list[Any], *, listing: bool = True) -> str:
+    clauses = ["i.report IS NOT NULL"]
+    if not (listing and filters.include_retracted):
+        clauses.append("NOT i.retracted")
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if filters.countries:
+        clauses.append(f"i.country = ANY({param(list(filters.countries))}::text[])")
+    if filters.groups:
+        clauses.append(f"i.target_group = ANY({param(list(filters.groups))}::text[])")
+    if filters.methods:
+        p = param(list(filters.methods))
+        clauses.append(
+            f"(i.pace_methods && {p}::text[] OR i.ccdi_methods && {p}::text[] OR i.persuasion_channels && {p}::text[])"
+        )
+    if filters.ir_categories:
+        clauses.append(f"i.ir_categories && {param(list(filters.ir_categories))}::text[]")
+    if filters.occurred_from:
+        clauses.append(f"i.occurred_on >= {param(filters.occurred_from)}")
+    if filters.occurred_to:
+        clauses.append(f"i.occurred_on <= {param(filters.occurred_to)}")
+    return " AND ".join(clauses)
+
+
+async def get_incident(conn: asyncpg.Connection, generation: str, incident_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_INCIDENT_COLUMNS} FROM {_schema(generation)}.incidents i WHERE incident_id = $1",
+        incident_id,
+    )
+    return dict(row.items()) if row is not None else None
+
+
+async def list_incidents(
+    conn: asyncpg.Connection,
+    generation: str,
+    filters: IncidentFilters,
+    *,
+    cursor: Cursor | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Newest first; keyset pagination on (occurred_on, incident_id)."""
+    params: list[Any] = []
+    where = _where(filters, params)
+    if cursor is not None:
+        params += [cursor.occurred_on, cursor.incident_id]
+        where += f" AND (i.occurred_on, i.incident_id) < (${len(params) - 1}, ${len(params)})"
+    params.append(limit)
+    rows = await conn.fetch(
+        f"""SELECT {_INCIDENT_COLUMNS} FROM {_schema(generation)}.incidents i WHERE {where}
+            ORDER BY i.occurred_on DESC, i.incident_id DESC LIMIT ${len(params)}""",
+        *params,
+    )
+    return [dict(r.items()) for r in rows]
+
+
+async def iterate_incidents(
+    conn: asyncpg.Connection, generation: str, filters: IncidentFilters, *, page: int = 1000
+) -> AsyncIterator[list[dict[str, Any]]]:
+    cursor: Cursor | None = None
+    while True:
+        rows = await list_incidents(conn, generation, filters, cursor=cursor, limit=page)
+        if not rows:
+            return
+        yield rows
+        if len(rows) < page:
+            return
+        last = rows[-1]
+        cursor = Cursor(last["occurred_on"], last["incident_id"])
+
+
+async def target_incidents(
+    conn: asyncpg.Connection, generation: str, target_ref: str, *, include_retracted: bool
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""SELECT {_INCIDENT_COLUMNS} FROM {_schema(generation)}.incidents i
+             WHERE i.target_ref = $1 AND i.report IS NOT NULL AND ($2 OR NOT i.retracted)
+             ORDER BY i.occurred_on, i.incident_id""",
+        target_ref,
+        include_retracted,
+    )
+    return [dict(r.items()) for r in rows]
+
+
+_DIMENSION_SQL = {
+    "country": ("i.country", None),
+    "group": ("i.target_group", None),
+    "year": ("i.year", None),
+    "pace_method": ("pace_method", "i.pace_methods"),
+    "ccdi_method": ("ccdi_method", "i.ccdi_methods"),
+    "persuasion_channel": ("persuasion_channel", "i.persuasion_channels"),
+    "ir_category": ("ir_category", "i.ir_categories"),
+}
+assert set(_DIMENSION_SQL) == set(STATS_DIMENSIONS)
+
+
+async def stats(
+    conn: asyncpg.Connection, generation: str, by: Sequence[str], filters: IncidentFilters
+) -> list[dict[str, Any]]:
+    """Incident counts per cell of the cube; an incident with two labels of one scheme counts
+    in both cells, and an incident with none counts under null."""
+    params: list[Any] = []
+    where = _where(filters, params, listing=False)
+    joins, selects = [], []
+    for dimension in by:
+        expression, array = _DIMENSION_SQL[dimension]
+        if array is not None:
+            joins.append(
+                f"CROSS JOIN LATERAL unnest(CASE WHEN cardinality({array}) > 0 THEN {array}"
+                f" ELSE ARRAY[NULL]::text[] END) AS u_{dimension}({expression})"
             )
-            for v in views
-        ],
+        selects.append(f'{expression} AS "{dimension}"')
+    positions = ", ".join(str(n + 1) for n in range(len(by)))
+    group = f"GROUP BY {positions} ORDER BY {positions}" if by else ""
+    rows = await conn.fetch(
+        f"""SELECT {", ".join([*selects, "count(*) AS incidents"])}
+              FROM {_schema(generation)}.incidents i {" ".join(joins)}
+             WHERE {where} {group}""",
+        *params,
     )
+    return [dict(r.items()) for r in rows if r["incidents"]]
+
+
+async def alerts(
+    conn: asyncpg.Connection, generation: str, statuses: Sequence[str], limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""SELECT fingerprint, alert_id, rule, severity, status, target_ref, place, incident_ids,
+                   summary, first_seen, last_seen, deadline
+              FROM {_schema(generation)}.alerts WHERE status = ANY($1::text[])
+             ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 ELSE 3 END,
+                      last_seen DESC
+             LIMIT $2""",
+        list(statuses),
+        limit,
+    )
+    return [dict(r.items()) for r in rows]

@@ -1,0 +1,261 @@
+"""``tnrwatch replay projections``: rebuild every read model from the start of the log.
+
+1. A new generation (schema) is created beside the live one, without secondary indexes.
+2. The topics are read from the beginning to their ends, in large batches; decoding the next
+   batch overlaps with PostgreSQL writing the previous one.
+3. A second pass catches up with what arrived meanwhile; then the indexes are built.
+4. The swap: one transaction locks the live pointer (the live consumer's next batch waits),
+   catches the new generation up to the live consumer's committed offsets if it is behind,
+   records its positions and points readers and the live consumer at it. Readers see the old
+   complete model until the commit and the new complete model after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from services.projections import store
+from services.projections.folding import LogEvent
+from services.projections.service import apply_events
+from shared.db import create_pool, prepare_database
+from shared.events import EVENT_DATA_MODELS
+from shared.kafka import ensure_topics, make_consumer, topics_for
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "projections"  # the live consumer's group id
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def projection_topics(settings: Settings) -> list[str]:
+    topics = topics_for(settings)
+    return [topics.incidents, topics.classifications, topics.alerts]
+
+
+@dataclass
+class RebuildReport:
+    generation: str
+    retired: str
+    events: int = 0
+    skipped: int = 0  # records that could not be decoded (the live consumer dead-letters them)
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def decode_record(record: ConsumerRecord) -> LogEvent | None:
+    """The fast path of decoding for replays: straight from bytes into the typed model.
+    ``None`` for records no consumer can use."""
+    event_type = None
+    for name, value in record.headers or ():
+        if name == "ce_type":
+            event_type = value.decode(errors="replace")
+            break
+    model = EVENT_DATA_MODELS.get(event_type or "")
+    if model is None or record.value is None:
+        return None
+    try:
+        data = model.model_validate_json(record.value)
+        payload = record.value.decode()
+    except (ValidationError, UnicodeDecodeError):
+        return None
+    return LogEvent(record.topic, record.partition, record.offset, data, payload)
+
+
+class _Reader:
+    """Reads assigned partitions up to given offsets, decoding as it goes."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+        self.consumer = consumer
+        self.partitions = list(partitions)
+        self.skipped = 0
+
+    async def read_until(
+        self,
+        stop_at: dict[TopicPartition, int],
+        sink: Callable[[list[LogEvent], int], Any],
+        batch_records: int,
+    ) -> None:
+        """Hand decoded batches to ``sink`` until every partition reaches ``stop_at``; records
+        at or beyond it are left alone."""
+        remaining = {tp for tp, end in stop_at.items() if await self.position(tp) < end}
+        while remaining:
+            batches = await self.consumer.getmany(*remaining, timeout_ms=500, max_records=batch_records)
+            events: list[LogEvent] = []
+            count = 0
+            for tp, records in batches.items():
+                end = stop_at[tp]
+                for record in records:
+                    if record.offset >= end:
+                        break
+                    count += 1
+                    event = decode_record(record)
+                    if event is None:
+                        self.skipped += 1
+                    else:
+                        events.append(event)
+                if records and records[-1].offset >= end - 1:
+                    self.consumer.seek(tp, end)
+            if count:
+                await sink(events, count)
+            remaining = {tp for tp in remaining if await self.position(tp) < stop_at[tp]}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return int(await self.consumer.position(tp))
+
+
+async def rebuild(
+    settings: Settings,
+    *,
+    show_progress: bool = True,
+    batch_records: int = 5000,
+    swap_timeout: float = 120.0,
+) -> RebuildReport:
+    """Build a new generation from the log and swap it in; returns what was done."""
+    started = time.monotonic()
+    await ensure_topics(settings)
+    pool = await create_pool(settings.database_url, min_size=2, max_size=3)
+    try:
+        await prepare_database(pool, COMPONENT, MIGRATIONS)
+        async with pool.acquire() as conn:
+            generation = await store.create_generation(conn)
+        consumer = make_consumer(
+            settings.model_copy(update={"service_name": "projections-rebuild"}),
+            group_id="projections-rebuild",  # never commits: partitions are assigned, not subscribed
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            report = await _run(pool, consumer, settings, generation, show_progress, batch_records, swap_timeout)
+        finally:
+            await consumer.stop()
+    finally:
+        await pool.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _run(
+    pool: asyncpg.Pool,
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    generation: str,
+    show_progress: bool,
+    batch_records: int,
+    swap_timeout: float,
+) -> RebuildReport:
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in projection_topics(settings)
+        for p in sorted(await _partitions(consumer, topic))
+    ]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    reader = _Reader(consumer, partitions)
+    begin = await consumer.beginning_offsets(partitions)
+    end = await consumer.end_offsets(partitions)
+    report = RebuildReport(generation=generation, retired="")
+    bar = tqdm(
+        total=sum(end[tp] - begin[tp] for tp in partitions),
+        unit="ev",
+        unit_scale=True,
+        desc=f"replay projections → {generation}",
+        disable=not show_progress,
+    )
+    queue: asyncio.Queue[tuple[list[LogEvent], int] | None] = asyncio.Queue(maxsize=2)
+
+    async def writer() -> None:
+        async with pool.acquire() as conn:
+            while (item := await queue.get()) is not None:
+                events, count = item
+                async with conn.transaction():
+                    report.events += await apply_events(conn, generation, events)
+                bar.update(count)
+
+    async def sink(events: list[LogEvent], count: int) -> None:
+        await queue.put((events, count))
+
+    async def pass_until(stop_at: dict[TopicPartition, int]) -> None:
+        task = asyncio.create_task(writer())
+        try:
+            await reader.read_until(stop_at, sink, batch_records)
+            await queue.put(None)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+
+    t0 = time.monotonic()
+    await pass_until(end)
+    report.phases["log"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    latest = await consumer.end_offsets(partitions)
+    bar.total = bar.total + sum(latest[tp] - end[tp] for tp in partitions)
+    await pass_until(latest)
+    async with pool.acquire() as conn:
+        await store.index_generation(conn, generation)
+    report.phases["catch-up and index"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    report.retired = await _swap(pool, reader, generation, swap_timeout)
+    report.phases["swap"] = time.monotonic() - t0
+    report.skipped = reader.skipped
+    bar.close()
+    return report
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer.topics()  # refreshes the cluster metadata
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise RuntimeError(f"topic {topic} has no partitions; is the broker reachable?")
+    return set(partitions)
+
+
+async def _swap(pool: asyncpg.Pool, reader: _Reader, generation: str, lock_wait: float) -> str:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait)}s'")
+        await conn.execute("SELECT 1 FROM projections_state FOR UPDATE")
+        live = await store.live_consumer_offsets(conn, COMPONENT)
+        mine = {tp: await reader.position(tp) for tp in reader.partitions}
+        behind = {
+            tp: live[(tp.topic, tp.partition)] for tp, at in mine.items() if live.get((tp.topic, tp.partition), 0) > at
+        }
+
+        async def apply_now(events: list[LogEvent], count: int) -> None:
+            await apply_events(conn, generation, events)
+
+        if behind:
+            await reader.read_until(behind, apply_now, 5000)
+        positions = {
+            (tp.topic, tp.partition): max(live.get((tp.topic, tp.partition), 0), at) for tp, at in mine.items()
+        }
+        await store.store_generation_offsets(conn, generation, positions)
+        return await store.swap_generation(conn, generation)
+
+
+async def replay_projections(settings: Settings) -> int:
+    """The ``tnrwatch replay projections`` entry point."""
+    report = await rebuild(settings)
+    print(
+        f"projections: {report.generation} is live ({report.events} events in "
+        f"{report.seconds:.1f}s, {report.rate:,.0f}/s; {report.skipped} undecodable records "
+        f"skipped); {report.retired} retired"
+    )
+    return 0
