@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI, Request, Response
 
 from tests.harness import wait_for
 
@@ -87,3 +93,84 @@ async def wait_alert(client: httpx.AsyncClient, partner: Partner, rule: str, inc
         return None
 
     return await wait_for(probe, timeout=timeout, what=f"{rule} over {sorted(incident_ids)}")
+
+
+# --- Real servers for delivery tests ----------------------------------------------------------
+
+
+@asynccontextmanager
+async def served(app: Any, port: int) -> AsyncIterator[str]:
+    """Serve an ASGI app on a real port (SSE and webhooks need a real socket)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise AssertionError("server stopped during start-up")
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class WebhookReceiver:
+    """A receiver that refuses (503) until told otherwise and records what it accepted."""
+
+    def __init__(self) -> None:
+        self.accepting = False
+        self.refused = 0
+        self.received: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            if not self.accepting:
+                self.refused += 1
+                return Response(status_code=503)
+            self.received.append(await request.json())
+            self.headers.append(dict(request.headers))
+            return Response(status_code=200)
+
+        self.app = app
+
+
+class SseCollector:
+    """Reads an SSE stream in the background."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url = url
+        self.headers = headers
+        self.events: list[dict[str, Any]] = []
+        self.connected = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=None) as client, client.stream("GET", self.url, headers=self.headers) as r:
+            assert r.status_code == 200, await r.aread()
+            event: dict[str, Any] = {}
+            async for line in r.aiter_lines():
+                if line.startswith(": connected"):
+                    self.connected.set()
+                elif line.startswith("id: "):
+                    event["id"] = int(line[4:])
+                elif line.startswith("event: "):
+                    event["event"] = line[7:]
+                elif line.startswith("data: "):
+                    event["data"] = json.loads(line[6:])
+                elif line == "" and event:
+                    self.events.append(event)
+                    event = {}
+
+    async def __aenter__(self) -> SseCollector:
+        self.task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
