@@ -101,7 +101,7 @@ async def test_poison_goes_to_dead_letter_with_reason_and_bytes_and_the_partitio
     assert by_value[garbage]["dlq_origin"].startswith(topics.incidents.encode())
 
 
-async def _at_least(records_coro, n: int):  # type: ignore[no-untyped-def]
+async def _at_least(records_coro, n: int):
     records = await records_coro
     return records if len(records) >= n else None
 
@@ -111,7 +111,7 @@ class FailsOnceMidBatch(ClassifierLoop):
 
     failed = False
 
-    async def _one(self, producer, record):  # type: ignore[no-untyped-def]
+    async def _one(self, producer, record):
         if record.offset == 20 and not self.failed:
             self.failed = True
             await producer.flush()  # the first 20 outputs are on the broker, uncommitted

@@ -1,0 +1,36 @@
+"""The act table as taxonomy.md (v1) writes it, copied from the spec (tests never read ../shared)
+and kept apart from services/classifier/act_table.toml: the tests compare the two."""
+
+# act type: (PACE, CCDI, channel, IR); "" where the table has no entry
+SPEC_TABLE: dict[str, tuple[str, str, str, str]] = {
+    "interpol_red_notice": ("co_opting", "extradition", "", ""),
+    "interpol_diffusion": ("co_opting", "extradition", "", ""),
+    "extradition_request": ("co_opting", "extradition", "", ""),
+    "extradition_approved": ("co_opting", "extradition", "", ""),
+    "extradited": ("co_opting", "extradition", "", ""),
+    "detention_abroad": ("co_opting", "", "", ""),
+    "deportation_proceeding": ("co_opting", "repatriation", "", ""),
+    "deported": ("co_opting", "repatriation", "", ""),
+    "irregular_handover": ("co_opting", "repatriation", "", "IR3"),
+    "off_site_prosecution": ("co_opting", "off_site_prosecution", "", ""),
+    "asset_freeze": ("co_opting", "", "", ""),
+    "luring_to_third_country": ("co_opting", "kidnapping_or_luring", "", "IR3"),
+    "kidnapping": ("direct_attack", "kidnapping_or_luring", "", "IR3"),
+    "forced_rendition": ("direct_attack", "kidnapping_or_luring", "", "IR3"),
+    "enforced_disappearance": ("direct_attack", "kidnapping_or_luring", "", "IR3"),
+    "assault": ("direct_attack", "", "", ""),
+    "assassination_attempt": ("direct_attack", "", "", ""),
+    "agent_approach_abroad": ("direct_attack", "persuade_to_return", "agents_abroad", "IR2"),
+    "in_person_intimidation": ("direct_attack", "persuade_to_return", "agents_abroad", "IR2"),
+    "passport_cancelled": ("mobility_impediment", "persuade_to_return", "administrative", ""),
+    "document_renewal_refused": ("mobility_impediment", "persuade_to_return", "administrative", ""),
+    "consular_service_denied": ("mobility_impediment", "persuade_to_return", "administrative", ""),
+    "family_threatened": ("threat_from_distance", "persuade_to_return", "family_or_online", "IR1"),
+    "family_detained": ("threat_from_distance", "persuade_to_return", "family_or_online", "IR1"),
+    "family_assets_seized": ("threat_from_distance", "persuade_to_return", "family_or_online", "IR1"),
+    "family_sent_to_persuade": ("threat_from_distance", "persuade_to_return", "family_or_online", "IR1"),
+    "online_threat": ("threat_from_distance", "persuade_to_return", "family_or_online", "IR2"),
+    "surveillance_abroad": ("threat_from_distance", "persuade_to_return", "agents_abroad", "IR2"),
+    "overseas_police_station_contact": ("threat_from_distance", "persuade_to_return", "agents_abroad", "IR2"),
+    "private_investigator": ("threat_from_distance", "persuade_to_return", "agents_abroad", "IR2"),
+}
