@@ -177,7 +177,8 @@ async def post_events(request: Request) -> JSONResponse:
         limit = http.max_batch_bytes if mode is Mode.BATCH else http.max_event_bytes
         body = await _read_body(request, limit)
         parsed = parse(request.headers.get("content-type"), request.headers, body)
-        report_ids = tuple(str(e.get("id"))[:200] for e in parsed.events if isinstance(e, dict) and "id" in e)
+        report_ids = tuple(str(e.get("id"))[:200].replace("\x00", "")
+                           for e in parsed.events if isinstance(e, dict) and "id" in e)
         wait = http.limiter.take(principal.partner, max(len(parsed.events), 1))
         if wait:
             raise Problem(429, "Too Many Requests", "Over this partner's rate limit.",

@@ -23,6 +23,8 @@ MAX_BATCH_EVENTS = 500
 
 # CloudEvents attribute names: lower-case letters and digits (spec 1.0, "Attribute Naming").
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+MAX_ATTRIBUTE = 500  # characters of an id, source or subject
 _REQUIRED = ("specversion", "id", "source", "type")
 _STRING_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "datacontenttype", "dataschema", "time")
 
@@ -61,7 +63,7 @@ def mode_for(content_type: str | None) -> Mode:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except UnicodeDecodeError as exc:
         raise Problem(400, "Bad Request", "The body is not UTF-8.") from exc
     except json.JSONDecodeError as exc:
@@ -71,6 +73,14 @@ def _json(body: bytes) -> Any:
         ) from exc
     except RecursionError as exc:
         raise Problem(400, "Bad Request", "The body nests too deeply.") from exc
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        raise Problem(400, "Bad Request", "The body holds a value JSON parsing refuses.") from exc
+    if _ESCAPED_SURROGATE.search(body):
+        try:  # an escaped lone surrogate parses, but is no text: no database or log takes it
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise Problem(400, "Bad Request", "The body holds an unpaired UTF-16 surrogate escape.") from exc
+    return value
 
 
 def parse(content_type: str | None, headers: Mapping[str, str], body: bytes) -> Parsed:
@@ -121,6 +131,8 @@ def envelope_errors(raw: Any) -> list[dict[str, str]]:
             errors.append({"pointer": f"/{attr}", "detail": "must be a string"})
         elif attr in _REQUIRED and isinstance(raw.get(attr), str) and not raw[attr].strip():
             errors.append({"pointer": f"/{attr}", "detail": "must not be empty"})
+        elif isinstance(raw.get(attr), str) and (len(raw[attr]) > MAX_ATTRIBUTE or "\x00" in raw[attr]):
+            errors.append({"pointer": f"/{attr}", "detail": f"at most {MAX_ATTRIBUTE} characters, no NUL"})
     if isinstance(raw.get("specversion"), str) and raw["specversion"] != "1.0":
         errors.append({"pointer": "/specversion", "detail": "must be 1.0"})
     for name, value in raw.items():

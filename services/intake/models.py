@@ -130,7 +130,7 @@ class ErasureRequest(StrictModel):
     """``data`` of ``subject.erasure-requested``: a ``target_ref``, or the identity fields
     (top level or under ``identity``) from which intake derives it."""
 
-    target_ref: str | None = Field(default=None, min_length=1, max_length=200)
+    target_ref: str | None = Field(default=None, pattern=r"^tr_[a-z2-7]{1,64}$")
     name: str | None = Field(default=None, max_length=500)
     name_zh: str | None = Field(default=None, max_length=500)
     birth_date: date | None = None

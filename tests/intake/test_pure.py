@@ -1,0 +1,145 @@
+"""Unit tests of intake's pure modules: pseudonyms, the vault, limits, the HTTP binding."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from services.intake.binding import Mode, envelope_errors, parse
+from services.intake.limits import RateLimiter, TtlCache
+from services.intake.models import ErasureRequest, Identity, IncidentReport
+from services.intake.pseudonym import event_id_for, incident_id_for, normalise_name, target_ref_for
+from services.intake.vault import (
+    VaultError,
+    master_key_from,
+    new_data_key,
+    open_identity,
+    seal_identity,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from shared.problems import Problem
+
+KEY = b"k" * 32
+
+
+def ref(name: str | None = None, name_zh: str | None = None, birth: str | None = None) -> str:
+    identity = Identity(name=name, name_zh=name_zh, birth_date=date.fromisoformat(birth) if birth else None)
+    return target_ref_for(KEY, identity, source="urn:s", subject="S-1")
+
+
+def test_names_normalise_over_case_width_punctuation_and_order() -> None:
+    assert ref("Li Wei", birth="1990-01-01") == ref("WEI,  li", birth="1990-01-01")
+    assert ref("Ｌｉ Ｗｅｉ") == ref("li wei")  # full-width letters (NFKC)
+    assert ref("Li-Wei") == ref("li wei")
+    assert ref(name_zh="王 伟") == ref(name_zh="王伟")
+    assert ref(name_zh="王伟") != ref(name_zh="伟王")  # Chinese order is meaningful
+    assert ref("Li Wei", birth="1990-01-01") != ref("Li Wei", birth="1990-01-02")
+    assert ref("Li Wei") != target_ref_for(b"x" * 32, Identity(name="Li Wei"), source="urn:s", subject="S-1")
+
+
+def test_without_a_name_the_target_is_the_partners_incident_series() -> None:
+    assert ref() == target_ref_for(KEY, None, source="urn:s", subject="S-1")
+    assert ref() != target_ref_for(KEY, None, source="urn:s", subject="S-2")
+
+
+@given(st.text(max_size=40))
+def test_normalising_twice_changes_nothing(name: str) -> None:
+    once = normalise_name(name)
+    assert normalise_name(once) == once
+
+
+def test_ids_are_deterministic() -> None:
+    assert incident_id_for("urn:s", "a") == incident_id_for("urn:s", "a") != incident_id_for("urn:s", "b")
+    assert event_id_for("urn:s", "1") == event_id_for("urn:s", "1") != event_id_for("urn:t", "1")
+
+
+def test_sealed_identities_open_only_with_their_key_and_target() -> None:
+    master = master_key_from("ab" * 32)
+    data_key = new_data_key()
+    wrapped = wrap_data_key(master, data_key, "tr_a")
+    assert unwrap_data_key(master, wrapped, "tr_a") == data_key
+    identity = Identity(name="Person", birth_date=date(1980, 1, 1))
+    sealed = seal_identity(data_key, identity, "tr_a")
+    assert b"Person" not in sealed
+    assert open_identity(data_key, sealed, "tr_a") == identity
+    with pytest.raises(VaultError):
+        open_identity(data_key, sealed, "tr_b")  # bound to its target
+    with pytest.raises(VaultError):
+        open_identity(new_data_key(), sealed, "tr_a")
+    with pytest.raises(VaultError):
+        unwrap_data_key(master_key_from("cd" * 32), wrapped, "tr_a")
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(VaultError):
+        open_identity(data_key, tampered, "tr_a")
+
+
+def test_master_keys_must_be_strong() -> None:
+    assert len(master_key_from("x" * 40)) == 32
+    with pytest.raises(ValueError, match="32 bytes"):
+        master_key_from("short")
+
+
+def test_rate_limiter_refills_and_says_how_long_to_wait() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, lambda: now[0])
+    assert limiter.take("a", 60) == 0.0
+    assert limiter.take("a") == pytest.approx(1.0)
+    assert limiter.take("b") == 0.0  # partners do not share a bucket
+    now[0] = 2.0
+    assert limiter.take("a") == 0.0
+    assert limiter.take("a", 500) > 0  # larger than the bucket: waits for a full one
+    now[0] = 200.0
+    assert limiter.take("a", 500) == 0.0
+
+
+def test_key_cache_expires() -> None:
+    now = [0.0]
+    cache: TtlCache[str] = TtlCache(5.0, lambda: now[0])
+    cache.put("secret", "principal")
+    assert cache.get("secret") == "principal"
+    assert cache.get("other") is None
+    now[0] = 5.1
+    assert cache.get("secret") is None
+
+
+def test_binding_modes() -> None:
+    assert parse("application/cloudevents+json; charset=utf-8", {}, b"{}").mode is Mode.STRUCTURED
+    assert parse("application/cloudevents-batch+json", {}, b"[]").events == []
+    binary = parse("application/json", {"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "1.0",
+                                         "ce-subject": "a%20b"}, b"{}")
+    assert binary.events[0]["subject"] == "a b"
+    with pytest.raises(Problem) as refused:
+        parse("text/plain", {}, b"{}")
+    assert refused.value.status == 415
+    with pytest.raises(Problem) as refused:
+        parse("application/cloudevents+json", {}, b'{"a": "\\ud800"}')
+    assert refused.value.status == 400
+
+
+def test_envelope_errors_name_the_attribute() -> None:
+    assert envelope_errors({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}) == []
+    pointers = [e["pointer"] for e in envelope_errors({"specversion": "2", "id": 5, "Ext": 1, "ok": {"a": 1}})]
+    assert pointers == ["/source", "/type", "/id", "/specversion", "/Ext", "/ok"]
+
+
+def test_report_dates() -> None:
+    data = {"occurred_on": "2020-07", "date_precision": "month", "location": {"country": "FR"}}
+    assert IncidentReport.model_validate(data).occurred_on == date(2020, 7, 1)
+    with pytest.raises(ValidationError):
+        IncidentReport.model_validate({**data, "date_precision": "day"})
+    with pytest.raises(ValidationError):
+        IncidentReport.model_validate({**data, "occurred_on": "2020-13"})
+
+
+def test_erasure_requests_name_the_target_one_way() -> None:
+    assert ErasureRequest.model_validate({"target_ref": "tr_abc"}).as_identity() is None
+    assert ErasureRequest.model_validate({"name": "A B"}).as_identity() == Identity(name="A B")
+    assert ErasureRequest.model_validate({"identity": {"name_zh": "王伟"}}).as_identity() == Identity(name_zh="王伟")
+    for bad in ({}, {"target_ref": "tr_abc", "name": "x"}, {"birth_date": "1990-01-01"}, {"target_ref": "x y"}):
+        with pytest.raises(ValidationError):
+            ErasureRequest.model_validate(bad)
