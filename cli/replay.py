@@ -19,6 +19,7 @@ Replayer = Callable[[Settings], Coroutine[Any, Any, int]]
 # break another's replay). Each engineer adds their component's line.
 REPLAYERS: dict[str, str] = {
     "classifier": "services.classifier.replay:replay_classifier",
+    "alerts": "services.alerts.replay:replay_alerts",
 }
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from services.alerts.main import create_app as alerts_app
+from services.alerts.replay import replay_rules
 from services.classifier.main import create_app as classifier_app
 from services.intake.main import create_app as intake_app
 from shared.kafka import make_consumer, topics_for
@@ -197,6 +198,31 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
     events = await alert_events(settings, fingerprints | {muted["fingerprint"]}, expected=5)
     types = sorted(t for t, _ in events)
     assert types.count("org.tnrwatch.alert.raised.v1") == 4 and "org.tnrwatch.alert.resolved.v1" in types
+
+    # `tnrwatch replay alerts` (service stopped): the same alerts are found again, nothing is
+    # raised twice, the hand-resolved alert stays resolved, and nothing is queued to send again.
+    before = await outbox_and_changes(settings)
+    result = await replay_rules(settings, progress=False)
+    assert result.applied >= 5
+    assert await outbox_and_changes(settings) == before
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        status = await conn.fetchval("SELECT status FROM alerts WHERE fingerprint = $1", raised[0]["fingerprint"])
+        states = await conn.fetchval("SELECT count(*) FROM rule_state")
+    finally:
+        await conn.close()
+    assert status == "resolved" and states > 0
+
+
+async def outbox_and_changes(settings: Settings) -> tuple[int, int, int]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM outbox) AS o, (SELECT count(*) FROM alert_changes) AS c, "
+            "(SELECT count(*) FROM alerts) AS a")
+        return row["o"], row["c"], row["a"]
+    finally:
+        await conn.close()
 
 
 async def _true(value: bool) -> bool:
