@@ -97,7 +97,7 @@ def test_no_request_gets_a_5xx_and_every_4xx_is_a_problem(
         headers, content = request
         if key != "none":
             headers = {**headers, "authorization": f"Bearer {getattr(keys, key)}"}
-        wire = {k: v.encode("latin-1") for k, v in headers.items()}
+        wire = {k.encode(): v.encode("latin-1") for k, v in headers.items()}
         response = loop.run_until_complete(intake.post("/v1/events", content=content, headers=wire))
         assert response.status_code < 500, (response.status_code, response.text, content[:300])
         if response.status_code >= 400:
