@@ -14,7 +14,7 @@ from typing import Any
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
-COMMAND_MODULES = ["cli.keys", "cli.replay", "cli.eval"]
+COMMAND_MODULES = ["cli.keys", "cli.replay", "cli.eval", "cli.importer"]
 
 
 def build_parser() -> argparse.ArgumentParser:
