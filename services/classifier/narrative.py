@@ -210,12 +210,19 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
         clauses = _pieces(norm, *sentence, cues.clause_break) or [sentence]
         claimed: list[tuple[int, int]] = []
         for rule in lexicon.rules:
+            # One pass over the sentence finds the candidates; most rules stop here.
+            candidates = [m.span() for m in rule.trigger.finditer(norm, *sentence)]
+            if not candidates:
+                continue
             scopes = segments if rule.scope == "segment" else [sentence]
             for scope in scopes:
                 if rule.without is not None and rule.without.search(norm, *scope):
                     continue
-                for match in rule.trigger.finditer(norm, *scope):
-                    trigger = match.span()
+                # A segment-scoped rule matches inside its segment only (never across one).
+                spans = candidates if scope == sentence else [
+                    m.span() for m in rule.trigger.finditer(norm, *scope)
+                ] if any(scope[0] <= c[0] < scope[1] for c in candidates) else []
+                for trigger in spans:
                     if trigger[0] == trigger[1] or _overlaps(trigger, claimed):
                         continue
                     start, end = trigger

@@ -31,6 +31,7 @@ from shared.telemetry import consumed_span, current_trace_headers
 log = logging.getLogger(__name__)
 
 CLASSIFIED = Counter("tnrwatch_classifier_events_total", "Incidents classified", ["outcome"])
+_CLASSIFIED_OK, _SKIPPED, _DEAD = (CLASSIFIED.labels(o) for o in ("classified", "skipped", "dead_letter"))
 ABORTED = Counter("tnrwatch_classifier_aborted_batches_total", "Batches aborted and re-read")
 BATCH_SECONDS = Histogram("tnrwatch_classifier_batch_seconds", "One transaction: classify and commit")
 GROUP_ID = "classifier"
@@ -68,7 +69,7 @@ class ClassifierLoop:
         input_topic: str | None = None,
         output_topic: str | None = None,
         transactional_id: str | None = None,
-        max_records: int = 500,
+        max_records: int = 1000,
     ) -> None:
         self.settings = settings
         self.classify = classify
@@ -184,14 +185,14 @@ class ClassifierLoop:
                     log.exception("classifier failed on %s/%s/%s", record.topic, record.partition, record.offset)
                     raise PoisonEvent(f"classifier error: {type(exc).__name__}: {exc}") from exc
                 if out is None:
-                    CLASSIFIED.labels("skipped").inc()
+                    _SKIPPED.inc()
                     return None
                 key, downstream = out
                 rec = to_record(downstream, key=key, trace_headers=current_trace_headers())
                 delivery: asyncio.Future[object] = await producer.send(
                     self.output_topic, rec.value, key=rec.key, headers=rec.headers
                 )
-                CLASSIFIED.labels("classified").inc()
+                _CLASSIFIED_OK.inc()
                 return delivery
         except PoisonEvent as exc:
             value, headers = dead_letter_payload(record, str(exc), GROUP_ID)
@@ -199,6 +200,6 @@ class ClassifierLoop:
             dead: asyncio.Future[object] = await producer.send(
                 self.dead_letter_topic, value, key=record.key, headers=headers
             )
-            CLASSIFIED.labels("dead_letter").inc()
+            _DEAD.inc()
             return dead
 

@@ -95,12 +95,19 @@ def assemble(evidence: list[Evidence], version: str) -> Classification:
     )
 
 
-def scheme_of(label: str) -> str:
+_SCHEME_OF: dict[str, str] = {
+    member.value: scheme
     for scheme, enum in (("pace_methods", PaceMethod), ("ccdi_methods", CcdiMethod),
-                         ("persuasion_channels", PersuasionChannel), ("ir_categories", IrCategory)):
-        if label in {m.value for m in enum}:
-            return scheme
-    raise ValueError(f"unknown label {label!r}")
+                         ("persuasion_channels", PersuasionChannel), ("ir_categories", IrCategory))
+    for member in enum
+}
+
+
+def scheme_of(label: str) -> str:
+    try:
+        return _SCHEME_OF[label]
+    except KeyError:
+        raise ValueError(f"unknown label {label!r}") from None
 
 
 def labels_from_findings(table: ActTable, findings: list[Finding]) -> list[Evidence]:

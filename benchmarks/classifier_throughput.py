@@ -1,0 +1,201 @@
+"""Classified events per second, consume-classify-produce with Kafka transactions on:
+tnrwatch's ClassifierLoop (aiokafka) beside the same pipeline written with Quix Streams
+(exactly-once), both running the same classification function on the same broker, on the
+same input topic, in the same run. Each pipeline's time runs from its start (group join
+included) to its last transaction committed; a read_committed count then checks that each
+wrote exactly one output per input.
+
+    .venv/bin/python -m benchmarks.classifier_throughput [--events 20000] [--runs 1]
+
+The peer runs as a subprocess with ``TNR_BENCH_PEER_PYTHON`` (default: this interpreter); see
+docs/classifier.md for its virtual environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+from services.classifier.service import ClassifierLoop
+from shared.events import (
+    Act,
+    EventType,
+    IncidentFacts,
+    IncidentRecorded,
+    Location,
+    Narrative,
+    new_event,
+)
+from shared.kafka import ensure_topics, topics_for
+from shared.serialization import to_record
+from shared.settings import Settings
+from shared.vocabulary import ActType, DatePrecision
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 3
+NARRATIVES = [
+    "Police in Dubai detained him on a Red Notice, and prosecutors then filed for his extradition.",
+    "他在国内的父母被警察带走，并被要求打电话劝他回国。",
+    "He was not extradited; the court released him after two weeks in detention.",
+    "Two men from the consulate visited her at her home and urged her to return.",
+    None,
+]
+
+
+def bootstrap() -> str:
+    if "TNR_KAFKA_BOOTSTRAP" in os.environ:
+        return os.environ["TNR_KAFKA_BOOTSTRAP"]
+    env = ROOT / ".run" / "stack.env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if name.strip() == "TNR_KAFKA_BOOTSTRAP":
+                return value.strip().strip('"')
+    return Settings().kafka_bootstrap
+
+
+def incident(i: int) -> IncidentRecorded:
+    text = NARRATIVES[i % len(NARRATIVES)]
+    return IncidentRecorded(
+        incident_id=f"bench-{i}",
+        target_ref=f"target-{i % 997}",
+        partner="bench",
+        source="urn:partner:bench",
+        subject=f"B-{i}",
+        report_id=f"report-{i}",
+        received_at=datetime.now(UTC),
+        facts=IncidentFacts(
+            occurred_on=date(2024, 1, 1),
+            date_precision=DatePrecision.DAY,
+            location=Location(country="TR"),
+            acts=[Act(type=ActType.FAMILY_THREATENED), Act(type=ActType.INTERPOL_RED_NOTICE)],
+            narrative=Narrative(text=text, lang="en") if text else None,
+        ),
+    )
+
+
+async def fill_log(settings: Settings, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        topic = topics_for(settings).incidents
+        futures = []
+        for i in range(count):
+            data = incident(i)
+            rec = to_record(new_event(EventType.INCIDENT_REPORTED, data, event_id=data.report_id), key=data.target_ref)
+            futures.append(await producer.send(topic, rec.value, key=rec.key, headers=rec.headers))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def create_topics(settings: Settings, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, PARTITIONS, settings.topic_replication) for n in names])
+    finally:
+        await admin.close()
+
+
+async def committed_count(settings: Settings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        start = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        # Offsets include transaction markers; count the records themselves.
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        while any([await consumer.position(tp) < end[tp] for tp in partitions]):
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                seen += len(records)
+        del start
+        return seen
+    finally:
+        await consumer.stop()
+
+
+async def run_ours(settings: Settings, count: int, output: str, run: int) -> float:
+    loop = ClassifierLoop(
+        settings,
+        group_id=f"bench-ours-{run}",
+        output_topic=output,
+        transactional_id=f"{settings.topic_prefix}.bench.ours.{run}",
+    )
+    started = time.perf_counter()
+    task = asyncio.create_task(loop.run())
+    while loop.records_done < count:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    loop.stop()
+    await task
+    return elapsed
+
+
+def run_peer(settings: Settings, count: int, output: str, run: int) -> float:
+    python = os.environ.get("TNR_BENCH_PEER_PYTHON", sys.executable)
+    done = subprocess.run(
+        [python, "-m", "benchmarks.classifier_quix_peer", "--bootstrap", settings.kafka_bootstrap,
+         "--input", topics_for(settings).incidents, "--output", output, "--group", f"bench-quix-{run}",
+         "--count", str(count)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"Quix Streams peer failed:\n{done.stderr[-3000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+
+    settings = Settings(kafka_bootstrap=bootstrap(), topic_prefix=f"bench-{secrets.token_hex(3)}",
+                        topic_partitions=PARTITIONS)
+    await ensure_topics(settings)
+    await fill_log(settings, args.events)
+    ours, peer = "tnrwatch ClassifierLoop (aiokafka)", "Quix Streams 3 (exactly-once)"
+    results: dict[str, list[float]] = {ours: [], peer: []}
+    for run in range(args.runs):
+        ours_out = f"{settings.topic_prefix}.bench.ours.{run}"
+        peer_out = f"{settings.topic_prefix}.bench.quix.{run}"
+        await create_topics(settings, [ours_out, peer_out])
+        for name, out in ((ours, ours_out), (peer, peer_out)):
+            if name == ours:
+                seconds = await run_ours(settings, args.events, out, run)
+            else:
+                seconds = await asyncio.to_thread(run_peer, settings, args.events, out, run)
+            written = await committed_count(settings, out)
+            if written != args.events:
+                raise SystemExit(f"{name} committed {written} outputs for {args.events} inputs")
+            results[name].append(seconds)
+
+    print(f"\nconsume-classify-produce, transactions on, {args.events} events, {PARTITIONS} partitions, "
+          f"broker {settings.kafka_bootstrap}, {args.runs} run(s), median shown")
+    print(f"{'pipeline':<40} {'seconds':>9} {'events/s':>10} {'outputs ok':>11}")
+    for name, times in results.items():
+        median = statistics.median(times)
+        print(f"{name:<40} {median:>9.2f} {args.events / median:>10.0f} {'yes':>11}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
