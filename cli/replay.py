@@ -20,6 +20,7 @@ Replayer = Callable[[Settings], Coroutine[Any, Any, int]]
 REPLAYERS: dict[str, str] = {
     "classifier": "services.classifier.replay:replay_classifier",
     "alerts": "services.alerts.replay:replay_alerts",
+    "projections": "services.projections.rebuild:replay_projections",
 }
 
 

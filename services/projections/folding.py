@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from shared.events import (
     AlertChanged,
+    Classification,
     IncidentClassified,
     IncidentRecorded,
     IncidentRetracted,
@@ -53,14 +54,58 @@ class IncidentState:
 
 
 @dataclass(frozen=True, slots=True)
-class IncidentWrite:
-    """One incident's new state; ``None`` payloads keep what is stored."""
+class ReportColumns:
+    """What listings and statistics filter and count on, from one report."""
 
-    state: IncidentState
+    occurred_on: date
+    year: int
+    country: str
+    target_group: str
+    act_types: list[str]
+
+    @classmethod
+    def of(cls, report: IncidentRecorded) -> ReportColumns:
+        facts = report.facts
+        return cls(
+            facts.occurred_on,
+            facts.occurred_on.year,
+            facts.location.country,
+            facts.target.group.value,
+            [a.type.value for a in facts.acts],
+        )
+
+
+@dataclass(slots=True)
+class IncidentWrite:
+    """One incident's new state as the fold builds it; ``None`` payloads keep what is stored.
+    (Mutable, and local to one fold: copying frozen records per event cost more than the
+    rest of the fold.)"""
+
+    incident_id: str
+    target_ref: str
+    partner: str
+    report_received_at: datetime | None = None
+    classified_received_at: datetime | None = None
+    retracted: bool = False
+    retraction_reason: str | None = None
     report_json: str | None = None
     # True when report_json is an IncidentClassified payload whose "incident" is the report.
     report_in_classified: bool = False
     classified_json: str | None = None  # an IncidentClassified payload
+    report_columns: ReportColumns | None = None  # set with report_json
+    classification: Classification | None = None  # set with classified_json
+
+    @classmethod
+    def start(cls, state: IncidentState) -> IncidentWrite:
+        return cls(
+            state.incident_id,
+            state.target_ref,
+            state.partner,
+            state.report_received_at,
+            state.classified_received_at,
+            state.retracted,
+            state.retraction_reason,
+        )
 
 
 @dataclass
@@ -109,40 +154,42 @@ def fold(
         data = event.data
         if isinstance(data, IncidentClassified):
             incident = data.incident
-            write = writes.get(incident.incident_id) or _start(states, incident)
-            state = write.state
-            classified_json = write.classified_json
-            report_json, in_classified = write.report_json, write.report_in_classified
+            write = writes.get(incident.incident_id) or _start(writes, states, incident)
+            received_at = incident.received_at
+            newer_classification = _newer(write.classified_received_at, received_at)
+            newer_report = _newer(write.report_received_at, received_at)
+            if not (newer_classification or newer_report):
+                continue
             payload = event.payload
-            if _erased(erased_now, incident.target_ref, incident.received_at):
+            if _erased(erased_now, incident.target_ref, received_at):
                 payload = strip_confidential(payload, classified=True)
-            if _newer(state.classified_received_at, incident.received_at):
-                state = replace(state, classified_received_at=incident.received_at)
-                classified_json = payload
-            if _newer(state.report_received_at, incident.received_at):
-                state = replace(state, report_received_at=incident.received_at, target_ref=incident.target_ref)
-                report_json, in_classified = payload, True
-            writes[incident.incident_id] = IncidentWrite(state, report_json, in_classified, classified_json)
+            if newer_classification:
+                write.classified_received_at = received_at
+                write.classified_json = payload
+                write.classification = data.classification
+            if newer_report:
+                write.report_received_at = received_at
+                write.target_ref = incident.target_ref
+                write.report_json = payload
+                write.report_in_classified = True
+                write.report_columns = ReportColumns.of(incident)
         elif isinstance(data, IncidentRecorded):
-            write = writes.get(data.incident_id) or _start(states, data)
-            if _newer(write.state.report_received_at, data.received_at):
+            write = writes.get(data.incident_id) or _start(writes, states, data)
+            if _newer(write.report_received_at, data.received_at):
                 payload = event.payload
                 if _erased(erased_now, data.target_ref, data.received_at):
                     payload = strip_confidential(payload, classified=False)
-                write = replace(
-                    write,
-                    state=replace(write.state, report_received_at=data.received_at, target_ref=data.target_ref),
-                    report_json=payload,
-                    report_in_classified=False,
-                )
-            writes[data.incident_id] = write
+                write.report_received_at = data.received_at
+                write.target_ref = data.target_ref
+                write.report_json = payload
+                write.report_in_classified = False
+                write.report_columns = ReportColumns.of(data)
         elif isinstance(data, IncidentRetracted):
-            write = writes.get(data.incident_id) or _start(states, data)
+            write = writes.get(data.incident_id) or _start(writes, states, data)
             # A retraction is final: later amendments still update the record but it stays
             # out of the statistics and listings.
-            writes[data.incident_id] = replace(
-                write, state=replace(write.state, retracted=True, retraction_reason=data.reason)
-            )
+            write.retracted = True
+            write.retraction_reason = data.reason
         elif isinstance(data, AlertChanged):
             result.alerts[data.fingerprint] = data  # keyed by fingerprint: log order is change order
         elif isinstance(data, SubjectErased):
@@ -152,9 +199,14 @@ def fold(
     return result
 
 
-def _start(states: Mapping[str, IncidentState], data: IncidentRecorded | IncidentRetracted) -> IncidentWrite:
+def _start(
+    writes: dict[str, IncidentWrite],
+    states: Mapping[str, IncidentState],
+    data: IncidentRecorded | IncidentRetracted,
+) -> IncidentWrite:
     state = states.get(data.incident_id) or IncidentState(data.incident_id, data.target_ref, data.partner)
-    return IncidentWrite(state)
+    write = writes[data.incident_id] = IncidentWrite.start(state)
+    return write
 
 
 def incident_ids(events: Iterable[LogEvent]) -> set[str]:

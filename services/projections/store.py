@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from services.projections.folding import FoldResult, IncidentState, alert_row
+from services.projections.folding import FoldResult, IncidentState, IncidentWrite, alert_row
 from services.projections.reads import (
     STATS_DIMENSIONS,
     Cursor,
@@ -147,41 +147,7 @@ async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -
     """Everything a folded batch changes, in a handful of statements."""
     schema = _schema(generation)
     if result.incidents:
-        writes = list(result.incidents.values())
-        same = [w.report_in_classified and w.report_json is w.classified_json for w in writes]
-        await conn.execute(
-            f"""INSERT INTO {schema}.incidents AS i
-                   (incident_id, target_ref, partner, report, classification,
-                    report_received_at, classified_received_at, retracted, retraction_reason)
-                SELECT s.incident_id, s.target_ref, s.partner,
-                       CASE WHEN s.in_classified THEN coalesce(j.r, j.c)->'incident' ELSE j.r END,
-                       j.c->'classification',
-                       s.report_received_at, s.classified_received_at, s.retracted, s.retraction_reason
-                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[],
-                              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::boolean[], $10::text[])
-                       AS s(incident_id, target_ref, partner, report, in_classified, classified,
-                            report_received_at, classified_received_at, retracted, retraction_reason),
-                       LATERAL (SELECT s.report::jsonb AS r, s.classified::jsonb AS c) AS j
-                ON CONFLICT (incident_id) DO UPDATE SET
-                    target_ref = EXCLUDED.target_ref,
-                    report = coalesce(EXCLUDED.report, i.report),
-                    classification = coalesce(EXCLUDED.classification, i.classification),
-                    report_received_at = EXCLUDED.report_received_at,
-                    classified_received_at = EXCLUDED.classified_received_at,
-                    retracted = EXCLUDED.retracted,
-                    retraction_reason = EXCLUDED.retraction_reason,
-                    updated_at = now()""",
-            [w.state.incident_id for w in writes],
-            [w.state.target_ref for w in writes],
-            [w.state.partner for w in writes],
-            [None if s else w.report_json for w, s in zip(writes, same, strict=True)],
-            [w.report_in_classified for w in writes],
-            [w.classified_json for w in writes],
-            [w.state.report_received_at for w in writes],
-            [w.state.classified_received_at for w in writes],
-            [w.state.retracted for w in writes],
-            [w.state.retraction_reason for w in writes],
-        )
+        await _write_incidents(conn, schema, list(result.incidents.values()))
     if result.alerts:
         rows = [alert_row(a) for a in result.alerts.values()]
         columns = list(zip(*rows, strict=True))
@@ -239,6 +205,97 @@ async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -
         f"""UPDATE {schema}.progress SET version = version + 1,
                events_applied = events_applied + $1, updated_at = now()""",
         result.applied,
+    )
+
+
+_STAGE = """CREATE TEMP TABLE IF NOT EXISTS projections_stage (
+    incident_id text, target_ref text, partner text, report text, in_classified boolean,
+    classified text, report_received_at timestamptz, classified_received_at timestamptz,
+    retracted boolean, retraction_reason text, occurred_on date, year integer, country text,
+    target_group text, act_types text[], pace_methods text[], ccdi_methods text[],
+    persuasion_channels text[], ir_categories text[], classifier_version text
+) ON COMMIT DELETE ROWS"""
+
+
+async def _write_incidents(conn: asyncpg.Connection, schema: str, writes: list[IncidentWrite]) -> None:
+    """COPY the batch into a session-local staging table, then one upsert from it (measured
+    faster than a multi-row statement, whose input PostgreSQL materialises first)."""
+    records = []
+    for w in writes:
+        columns, labels = w.report_columns, w.classification
+        same = w.report_in_classified and w.report_json is w.classified_json
+        records.append(
+            (
+                w.incident_id,
+                w.target_ref,
+                w.partner,
+                None if same else w.report_json,
+                w.report_in_classified,
+                w.classified_json,
+                w.report_received_at,
+                w.classified_received_at,
+                w.retracted,
+                w.retraction_reason,
+                *(
+                    (columns.occurred_on, columns.year, columns.country, columns.target_group, columns.act_types)
+                    if columns
+                    else (None,) * 5
+                ),
+                *(
+                    (
+                        labels.pace_methods,
+                        labels.ccdi_methods,
+                        labels.persuasion_channels,
+                        labels.ir_categories,
+                        labels.classifier_version,
+                    )
+                    if labels
+                    else (None,) * 5
+                ),
+            )
+        )
+    await conn.execute(_STAGE)
+    await conn.copy_records_to_table("projections_stage", records=records)
+    await conn.execute(
+        f"""INSERT INTO {schema}.incidents AS i
+               (incident_id, target_ref, partner, report, classification,
+                report_received_at, classified_received_at, retracted, retraction_reason,
+                occurred_on, year, country, target_group, act_types,
+                pace_methods, ccdi_methods, persuasion_channels, ir_categories, classifier_version)
+            SELECT s.incident_id, s.target_ref, s.partner,
+                   CASE WHEN s.in_classified THEN coalesce(j.r, j.c)->'incident' ELSE j.r END,
+                   j.c->'classification',
+                   s.report_received_at, s.classified_received_at, s.retracted, s.retraction_reason,
+                   s.occurred_on, s.year, s.country, s.target_group, coalesce(s.act_types, '{{}}'),
+                   coalesce(s.pace_methods, '{{}}'), coalesce(s.ccdi_methods, '{{}}'),
+                   coalesce(s.persuasion_channels, '{{}}'), coalesce(s.ir_categories, '{{}}'),
+                   s.classifier_version
+              FROM projections_stage s,
+                   LATERAL (SELECT s.report::jsonb AS r, s.classified::jsonb AS c) AS j
+            ON CONFLICT (incident_id) DO UPDATE SET
+                target_ref = EXCLUDED.target_ref,
+                report = coalesce(EXCLUDED.report, i.report),
+                classification = coalesce(EXCLUDED.classification, i.classification),
+                report_received_at = EXCLUDED.report_received_at,
+                classified_received_at = EXCLUDED.classified_received_at,
+                retracted = EXCLUDED.retracted,
+                retraction_reason = EXCLUDED.retraction_reason,
+                occurred_on = CASE WHEN EXCLUDED.report IS NULL THEN i.occurred_on ELSE EXCLUDED.occurred_on END,
+                year = CASE WHEN EXCLUDED.report IS NULL THEN i.year ELSE EXCLUDED.year END,
+                country = CASE WHEN EXCLUDED.report IS NULL THEN i.country ELSE EXCLUDED.country END,
+                target_group = CASE WHEN EXCLUDED.report IS NULL THEN i.target_group ELSE EXCLUDED.target_group END,
+                act_types = CASE WHEN EXCLUDED.report IS NULL THEN i.act_types ELSE EXCLUDED.act_types END,
+                pace_methods = CASE WHEN EXCLUDED.classification IS NULL THEN i.pace_methods
+                                    ELSE EXCLUDED.pace_methods END,
+                ccdi_methods = CASE WHEN EXCLUDED.classification IS NULL THEN i.ccdi_methods
+                                    ELSE EXCLUDED.ccdi_methods END,
+                persuasion_channels = CASE WHEN EXCLUDED.classification IS NULL THEN i.persuasion_channels
+                                           ELSE EXCLUDED.persuasion_channels END,
+                ir_categories = CASE WHEN EXCLUDED.classification IS NULL THEN i.ir_categories
+                                     ELSE EXCLUDED.ir_categories END,
+                classifier_version = CASE WHEN EXCLUDED.classification IS NULL THEN i.classifier_version
+                                          ELSE EXCLUDED.classifier_version END,
+                updated_at = now()"""
     )
 
 

@@ -20,19 +20,6 @@ CREATE TABLE projections_state (
     generation  text NOT NULL REFERENCES projections_generations (generation)
 );
 
--- Helpers for generated columns. ISO dates parse the same under every DateStyle, so the date
--- cast is immutable in practice.
-CREATE FUNCTION projections_iso_date(value text) RETURNS date
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT value::date $$;
-
-CREATE FUNCTION projections_text_array(value jsonb) RETURNS text[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT coalesce(array_agg(x ORDER BY n), '{}') FROM jsonb_array_elements_text(coalesce(value, '[]'::jsonb)) WITH ORDINALITY AS t(x, n) $$;
-
-CREATE FUNCTION projections_act_types(acts jsonb) RETURNS text[]
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT coalesce(array_agg(a->>'type' ORDER BY n), '{}') FROM jsonb_array_elements(coalesce(acts, '[]'::jsonb)) WITH ORDINALITY AS t(a, n) $$;
-
 -- The tables of one generation. Secondary indexes come separately so that a rebuild can load
 -- first and index once at the end (much faster than maintaining them row by row).
 CREATE FUNCTION projections_create_generation(name text) RETURNS void LANGUAGE plpgsql AS $fn$
@@ -51,18 +38,23 @@ BEGIN
             classified_received_at  timestamptz,
             retracted               boolean NOT NULL DEFAULT false,
             retraction_reason       text,
-            occurred_on  date GENERATED ALWAYS AS (projections_iso_date(report->'facts'->>'occurred_on')) STORED,
-            year         integer GENERATED ALWAYS AS (substr(report->'facts'->>'occurred_on', 1, 4)::integer) STORED,
-            country      text GENERATED ALWAYS AS (report->'facts'->'location'->>'country') STORED,
-            target_group text GENERATED ALWAYS AS (report->'facts'->'target'->>'group') STORED,
-            act_types    text[] GENERATED ALWAYS AS (projections_act_types(report->'facts'->'acts')) STORED,
-            pace_methods text[] GENERATED ALWAYS AS (projections_text_array(classification->'pace_methods')) STORED,
-            ccdi_methods text[] GENERATED ALWAYS AS (projections_text_array(classification->'ccdi_methods')) STORED,
-            persuasion_channels text[] GENERATED ALWAYS AS (projections_text_array(classification->'persuasion_channels')) STORED,
-            ir_categories text[] GENERATED ALWAYS AS (projections_text_array(classification->'ir_categories')) STORED,
-            classifier_version text GENERATED ALWAYS AS (classification->>'classifier_version') STORED,
+            -- Filter and statistics columns, from the report and the classification above
+            -- (computed by the fold from the typed events, so PostgreSQL parses no JSON twice).
+            occurred_on             date,
+            year                    integer,
+            country                 text,
+            target_group            text,
+            act_types               text[] NOT NULL DEFAULT '{}',
+            pace_methods            text[] NOT NULL DEFAULT '{}',
+            ccdi_methods            text[] NOT NULL DEFAULT '{}',
+            persuasion_channels     text[] NOT NULL DEFAULT '{}',
+            ir_categories           text[] NOT NULL DEFAULT '{}',
+            classifier_version      text,
             updated_at              timestamptz NOT NULL DEFAULT now()
-        );
+        -- Rows of a report and its classification run to 2-4 kB: keep them inline and
+        -- uncompressed instead of compressing each one on the way in (measured: the biggest
+        -- cost of a replay).
+        ) WITH (toast_tuple_target = 8160);
         CREATE TABLE %1$I.alerts (
             fingerprint  text PRIMARY KEY,
             alert_id     text NOT NULL,

@@ -1,0 +1,133 @@
+"""Replay throughput of the projections beside the limit, measured in the same run.
+
+    .venv/bin/python -m benchmarks.projections_replay [--incidents N] [--profile]
+
+Seeds N incidents (each reported on the log and classified: 2N events) on fresh topics and a
+fresh database, then measures:
+
+- limit, Kafka: raw aiokafka consumption of the same topics, every record fetched, nothing decoded;
+- limit, COPY: a PostgreSQL COPY of the same rows (incident id, target, partner, the JSON)
+  into a plain table;
+- replay: `tnrwatch replay projections` (decode, fold, batched writes into a new generation,
+  index, swap).
+
+The limit is the two in sequence: events / (Kafka seconds + COPY seconds).
+Targets: replay >= 20,000 events/s and >= 1/3 of the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+from contextlib import ExitStack
+
+import asyncpg
+from aiokafka.structs import TopicPartition
+
+from services.projections.rebuild import _partitions, projection_topics, rebuild
+from shared.db import create_pool, prepare_database
+from shared.kafka import ensure_topics, make_consumer
+from shared.settings import Settings
+from tests.harness import drop_database, isolated_settings
+from tests.infra import start_infra
+from tests.projections.logdata import LogWriter
+
+
+async def seed(settings: Settings, incidents: int) -> float:
+    started = time.monotonic()
+    async with LogWriter(settings) as log:
+        await log.many(incidents, batch=5000)
+    return time.monotonic() - started
+
+
+async def raw_kafka(settings: Settings) -> tuple[int, float, list[tuple[str, str, str, bytes]]]:
+    """Every record of the topics, fetched and kept as bytes; nothing decoded."""
+    consumer = make_consumer(settings, group_id="bench-raw", max_partition_fetch_bytes=8 << 20,
+                             fetch_max_bytes=64 << 20)
+    await consumer.start()
+    rows: list[tuple[str, str, str, bytes]] = []
+    try:
+        partitions = await _partitions(settings, projection_topics(settings))
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        started = time.monotonic()
+        remaining = set(partitions)
+        count = 0
+        while remaining:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batches.values():
+                for r in records:
+                    rows.append((f"{r.topic}/{r.partition}/{r.offset}", (r.key or b"").decode(), "p", r.value))
+                count += len(records)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+        return count, time.monotonic() - started, rows
+    finally:
+        await consumer.stop()
+
+
+async def copy_rows(settings: Settings, rows: list[tuple[str, str, str, bytes]]) -> float:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("CREATE TABLE bench_copy (incident_id text, target_ref text, partner text, report jsonb)")
+        started = time.monotonic()
+        # text COPY: PostgreSQL parses the JSON, as it must for the read models
+        data = "".join(
+            f"{a}\t{b}\t{c}\t{v.decode().replace(chr(92), chr(92) * 2)}\n" for a, b, c, v in rows
+        ).encode()
+        import io
+
+        await conn.copy_to_table("bench_copy", source=io.BytesIO(data), format="text")
+        return time.monotonic() - started
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--incidents", type=int, default=50_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        infra = start_infra(stack)
+        settings = await isolated_settings(infra.kafka_bootstrap, infra.database_url)
+        try:
+            await ensure_topics(settings)
+            pool = await create_pool(settings.database_url)
+            await prepare_database(pool, "projections", __import__("services.projections.rebuild").projections.rebuild.MIGRATIONS)
+            await pool.close()
+            seeded = await seed(settings, args.incidents)
+            events, kafka_s, rows = await raw_kafka(settings)
+            copy_s = await copy_rows(settings, rows)
+            del rows
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler:
+                profiler.enable()
+            report = await rebuild(settings, show_progress=False)
+            if profiler:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+        finally:
+            await drop_database(infra.database_url, settings)
+    limit = events / (kafka_s + copy_s)
+    replay_rate = report.events / report.seconds
+    print(f"\nprojections replay: {events:,} events ({args.incidents:,} incidents reported + classified; "
+          f"seeded in {seeded:.1f}s)\n")
+    print(f"{'measure':<42}{'seconds':>10}{'events/s':>14}")
+    print(f"{'limit: raw aiokafka consumption':<42}{kafka_s:>10.2f}{events / kafka_s:>14,.0f}")
+    print(f"{'limit: PostgreSQL COPY of the same rows':<42}{copy_s:>10.2f}{events / copy_s:>14,.0f}")
+    print(f"{'limit: both in sequence':<42}{kafka_s + copy_s:>10.2f}{limit:>14,.0f}")
+    for phase, seconds in report.phases.items():
+        print(f"{'replay phase: ' + phase:<42}{seconds:>10.2f}")
+    for what, seconds in report.timings.items():
+        print(f"{'  of which ' + what:<42}{seconds:>10.2f}")
+    print(f"{'replay projections (end to end)':<42}{report.seconds:>10.2f}{replay_rate:>14,.0f}")
+    print(f"\nreplay / limit = {replay_rate / limit:.2f} (target >= 0.33); "
+          f"replay >= 20,000/s: {'yes' if replay_rate >= 20_000 else 'NO'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
