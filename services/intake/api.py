@@ -184,7 +184,10 @@ async def post_events(request: Request) -> JSONResponse:
             raise Problem(429, "Too Many Requests", "Over this partner's rate limit.",
                           headers={"Retry-After": retry_after(wait)})
         prepared = prepare(parsed.events, principal, _ctx(request).pseudonym_key, batch=mode is Mode.BATCH)
-        result = await accept(_ctx(request), principal, prepared)
+        result = await accept(_ctx(request), principal, prepared, store.AuditRecord(
+            action="post_events", status=202, outcome="accepted", key_id=principal.key_id,
+            partner=principal.partner, mode=mode, report_ids=report_ids,
+        ))
     except Problem as problem:
         await _audit(request, store.AuditRecord(
             action="post_events", status=problem.status, outcome="refused",
@@ -199,11 +202,6 @@ async def post_events(request: Request) -> JSONResponse:
             partner=principal.partner if principal else None, mode=mode, report_ids=report_ids,
         ))
         raise
-    await _audit(request, store.AuditRecord(
-        action="post_events", status=202, outcome="accepted" if result.accepted else "duplicate",
-        key_id=principal.key_id, partner=principal.partner, mode=mode, report_ids=report_ids,
-        accepted=len(result.accepted), duplicates=len(result.duplicates),
-    ))
     return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
 
 

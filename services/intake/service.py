@@ -75,6 +75,27 @@ class Accepted:
     duplicates: list[dict[str, str]] = field(default_factory=list)
 
 
+class DataKeyCache:
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._items: dict[str, tuple[float, bytes]] = {}
+
+    def get(self, target_ref: str) -> bytes | None:
+        item = self._items.get(target_ref)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, target_ref: str, data_key: bytes) -> None:
+        if len(self._items) >= self.max_entries:
+            self._items.clear()
+        self._items[target_ref] = (time.monotonic() + self.ttl, data_key)
+
+    def pop(self, target_ref: str, default: None = None) -> None:
+        self._items.pop(target_ref, default)
+
+
 @dataclass
 class IntakeContext:
     pool: asyncpg.Pool
@@ -87,6 +108,10 @@ class IntakeContext:
     # A claim left 'sending' this long by an instance that stopped is taken over by a re-post.
     stale_claim_seconds: float = 300.0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Unwrapped data keys of recently seen targets: saves a round trip per report of a target
+    # seen again. An erasure in this process evicts the key; one in another process makes
+    # identities sealed here meanwhile unreadable anyway (their key is destroyed).
+    data_keys: DataKeyCache = field(default_factory=lambda: DataKeyCache(60.0))
 
 
 def _unavailable(detail: str, retry_after: int = 5) -> Problem:
@@ -124,21 +149,18 @@ async def _resolve_retractions(ctx: IntakeContext, prepared: list[Prepared]) -> 
 
 async def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> dict[tuple[str, str], bytes]:
     refs = {p.target_ref for p in prepared if p.identity is not None and p.target_ref is not None}
-    if not refs:
-        return {}
-    candidates = {ref: wrap_data_key(ctx.master_key, new_data_key(), ref) for ref in refs}
-    keys = await store.target_keys(ctx.pool, candidates)
+    data_keys = {ref: key for ref in refs if (key := ctx.data_keys.get(ref)) is not None}
+    missing = refs - set(data_keys)
+    if missing:
+        candidates = {ref: wrap_data_key(ctx.master_key, new_data_key(), ref) for ref in missing}
+        for ref, target_key in (await store.target_keys(ctx.pool, candidates)).items():
+            if target_key.wrapped_key is not None:  # None: erased, the identity is not kept again
+                data_keys[ref] = unwrap_data_key(ctx.master_key, bytes(target_key.wrapped_key), ref)
+                ctx.data_keys.put(ref, data_keys[ref])
     sealed: dict[tuple[str, str], bytes] = {}
-    data_keys: dict[str, bytes] = {}
     for p in prepared:
-        if p.identity is None or p.target_ref is None:
-            continue
-        key = keys.get(p.target_ref)
-        if key is None or key.wrapped_key is None:
-            continue  # erased: this person's identity is not kept again
-        if p.target_ref not in data_keys:
-            data_keys[p.target_ref] = unwrap_data_key(ctx.master_key, bytes(key.wrapped_key), p.target_ref)
-        sealed[p.key] = seal_identity(data_keys[p.target_ref], p.identity, p.target_ref)
+        if p.identity is not None and p.target_ref in data_keys:
+            sealed[p.key] = seal_identity(data_keys[p.target_ref], p.identity, p.target_ref)
     return sealed
 
 
@@ -210,7 +232,8 @@ async def _wait_for_others(
 
 
 async def _publish(
-    ctx: IntakeContext, todo: list[Prepared], principal: Principal, received_at: datetime
+    ctx: IntakeContext, todo: list[Prepared], principal: Principal, received_at: datetime,
+    audit: store.AuditRecord | None = None,
 ) -> list[BaseException | None]:
     """Write to the log and settle the claims; one result per event (None when acknowledged)."""
     started = time.monotonic()
@@ -233,11 +256,16 @@ async def _publish(
     if failed:
         await store.release(ctx.pool, failed, ctx.instance)
     if ok:
+        settled = audit if not failed else None  # a 503 is audited by the caller
         erased = [p.target_ref for p in ok if isinstance(p.payload, ErasureRequest) and p.target_ref]
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            await store.mark_accepted(conn, [p.key for p in ok], ctx.instance)
-            if erased:
+        if erased:
+            for ref in erased:
+                ctx.data_keys.pop(ref, None)
+            async with ctx.pool.acquire() as conn, conn.transaction():
                 await store.erase(conn, erased)
+                await store.mark_accepted(conn, [p.key for p in ok], ctx.instance, settled)
+        else:
+            await store.mark_accepted(ctx.pool, [p.key for p in ok], ctx.instance, settled)
     PUBLISH_SECONDS.observe(time.monotonic() - started)
     return outcome
 
@@ -254,8 +282,11 @@ def _finish_late(task: asyncio.Task[list[BaseException | None]]) -> None:
     LATE_WRITES.labels("failed" if any(results) else "accepted").inc()
 
 
-async def accept(ctx: IntakeContext, principal: Principal, prepared: list[Prepared]) -> Accepted:
-    """Accept validated events: 202 material, or a Problem (422 unknown retraction, 503)."""
+async def accept(
+    ctx: IntakeContext, principal: Principal, prepared: list[Prepared], audit: store.AuditRecord | None = None
+) -> Accepted:
+    """Accept validated events: 202 material, or a Problem (422 unknown retraction, 503).
+    ``audit`` (the request's record, counts filled in here) is written with the outcome."""
     received_at = datetime.now(UTC)
     prepared = await _resolve_retractions(ctx, prepared)
     result = Accepted()
@@ -287,8 +318,12 @@ async def accept(ctx: IntakeContext, principal: Principal, prepared: list[Prepar
             raise
         claimed |= taken
     todo = [p for p in unique if p.key in claimed]
+    duplicates = len(unique) - len(todo) + len(repeated)
+    if audit is not None:
+        audit = dataclasses.replace(audit, accepted=len(todo), duplicates=duplicates,
+                                    outcome="accepted" if todo else "duplicate")
     if todo:
-        task = asyncio.create_task(_publish(ctx, todo, principal, received_at))
+        task = asyncio.create_task(_publish(ctx, todo, principal, received_at, audit))
         try:
             outcome = await asyncio.wait_for(asyncio.shield(task), ctx.publish_timeout)
         except TimeoutError:
@@ -322,6 +357,8 @@ async def accept(ctx: IntakeContext, principal: Principal, prepared: list[Prepar
                 entry["incident_id"] = row.incident_id
             result.duplicates.append(entry)
     result.duplicates += [_entry(p) for p in repeated]
+    if not todo and audit is not None:
+        await store.audit(ctx.pool, [audit])
     EVENTS.labels("accepted").inc(len(result.accepted))
     EVENTS.labels("duplicate").inc(len(result.duplicates))
     return result

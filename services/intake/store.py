@@ -140,15 +140,29 @@ async def take_over(
 
 
 async def mark_accepted(
-    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str
+    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str,
+    audit_record: AuditRecord | None = None,
 ) -> None:
+    """Settle this instance's claims as accepted, with the request's audit record in the same
+    statement (one round trip on the hot path)."""
+    a = audit_record
     await conn.execute(
-        """UPDATE intake_reports r SET status = 'accepted', received_at = now()
-             FROM unnest($1::text[], $2::text[]) AS k(s, i)
-            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3""",
+        """WITH settled AS (
+               UPDATE intake_reports r SET status = 'accepted', received_at = now()
+                 FROM unnest($1::text[], $2::text[]) AS k(s, i)
+                WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3
+               RETURNING 1)
+           INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
+                                     accepted, duplicates, detail)
+           SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE $6::text IS NOT NULL""",
         [k[0] for k in keys],
         [k[1] for k in keys],
         instance,
+        *(
+            (a.key_id, a.partner, a.action, a.mode, a.status, a.outcome, list(a.report_ids), a.accepted,
+             a.duplicates, a.detail)
+            if a is not None else (None,) * 10
+        ),
     )
 
 

@@ -1,0 +1,195 @@
+"""Intake throughput: accepted events per second, acks=all, against the limit of the broker.
+
+    .venv/bin/python -m benchmarks.intake_throughput [--single 6000] [--batches 200]
+
+Starts intake as a real process (one uvicorn worker) on its own database and topics, on the
+local stack's broker and PostgreSQL (.run/stack.env), then measures in one run:
+- single-event posts (structured mode) from many keep-alive connections;
+- batches of 100 events (batch mode);
+- a bare aiokafka producer (acks=all, idempotent) sending the same records intake wrote
+  (same keys, headers and bytes) to a topic of its own: the limit intake cannot beat.
+Targets (issue 3): single posts >= 1,500/s; batches >= half the bare producer's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.kafka import topics_for
+from shared.settings import Settings
+from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
+from tests.infra import _local_stack
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "incidents.jsonl"
+SOURCE = "urn:partner:sample-ngo"
+
+
+def events(prefix: str, count: int) -> list[dict[str, Any]]:
+    base = json.loads(DATA.read_text().splitlines()[0])["event"]
+    out = []
+    for i in range(count):
+        event = dict(base)
+        event["id"] = f"{prefix}-{i}"
+        event["subject"] = f"REF-{prefix}-{i}"
+        out.append(event)
+    return out
+
+
+def http_request(port: int, key: str, content_type: str, body: bytes) -> bytes:
+    return (
+        f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    return status, await reader.readexactly(length)
+
+
+async def drive(port: int, requests: list[bytes], connections: int) -> tuple[float, dict[int, int], int]:
+    """Send every request over ``connections`` keep-alive connections (a minimal HTTP/1.1
+    client: the load generator must cost far less than the server it measures)."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for r in requests:
+        queue.put_nowait(r)
+    statuses: dict[int, int] = {}
+    accepted = 0
+
+    async def worker() -> None:
+        nonlocal accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                request = queue.get_nowait()
+                writer.write(request)
+                status, body = await _read_response(reader)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 202:
+                    accepted += len(json.loads(body)["accepted"])
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return time.perf_counter() - started, statuses, accepted
+
+
+async def written_records(settings: Settings) -> list[Any]:
+    topic = topics_for(settings).incidents
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def bare_producer_rate(settings: Settings, records: list[Any]) -> float:
+    topic = f"{settings.topic_prefix}.bench-raw"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, settings.topic_partitions, settings.topic_replication)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=2)
+    await producer.start()
+    try:
+        await (await producer.send(topic, b"warm-up"))
+        started = time.perf_counter()
+        futures = [await producer.send(topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
+        await asyncio.gather(*futures)
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+async def main(single: int, batches: int, connections: int) -> None:
+    infra = _local_stack()
+    settings = await isolated_settings(infra.kafka_bootstrap, infra.database_url,
+                                       rate_limit_per_minute=100_000_000, log_level="WARNING")
+    key = await issue_key(settings, partner="sample-ngo", sources=[SOURCE], scopes=["events:write"])
+    log_path = Path(tempfile.mkdtemp()) / "intake.log"
+    process = ServiceProcess("services.intake.main", settings, free_port(), log_path)
+    rows: list[tuple[str, int, float, str]] = []
+    try:
+        process.start()
+        await process.wait_ready()
+        port = process.port
+        warm = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
+                for e in events("warm", 200)]
+        await drive(port, warm, 16)
+
+        singles = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
+                   for e in events("single", single)]
+        elapsed, statuses, accepted = await drive(port, singles, connections)
+        assert statuses == {202: single} and accepted == single, statuses
+        rows.append(("single posts (structured)", accepted, accepted / elapsed, f"{connections} connections"))
+
+        batch_events = events("batch", batches * 100)
+        bodies = [json.dumps(batch_events[i:i + 100]).encode() for i in range(0, len(batch_events), 100)]
+        requests = [http_request(port, key, "application/cloudevents-batch+json", b) for b in bodies]
+        elapsed, statuses, accepted = await drive(port, requests, 8)
+        assert statuses == {202: batches} and accepted == batches * 100, statuses
+        rows.append(("batches of 100", accepted, accepted / elapsed, "8 connections"))
+
+        dupes = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
+                 for e in events("single", min(single, 3000))]
+        elapsed, statuses, _ = await drive(port, dupes, connections)
+        assert statuses == {202: len(dupes)}, statuses
+        rows.append(("re-posts (duplicates)", len(dupes), len(dupes) / elapsed, f"{connections} connections"))
+    finally:
+        process.terminate()
+    records = [r for r in await written_records(settings) if b"batch-" in r.value]
+    raw = await bare_producer_rate(settings, records)
+    rows.append(("bare aiokafka producer, same bytes", len(records), raw, "acks=all, idempotent"))
+    await drop_database(infra.database_url, settings)
+
+    print(f"\nintake throughput (one worker, {os.cpu_count()} CPUs shared, broker {settings.kafka_bootstrap})")
+    print(f"{'what':<36} {'events':>8} {'events/s':>10}  notes")
+    print("-" * 80)
+    for what, count, rate, notes in rows:
+        print(f"{what:<36} {count:>8} {rate:>10,.0f}  {notes}")
+    single_rate = rows[0][2]
+    batch_rate = rows[1][2]
+    print("-" * 80)
+    print(f"single posts vs target 1,500/s: {'MET' if single_rate >= 1500 else 'NOT MET'}")
+    print(f"batches vs half the bare producer ({raw / 2:,.0f}/s): {'MET' if batch_rate >= raw / 2 else 'NOT MET'}"
+          f" ({batch_rate / raw:.0%} of the bare producer)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--single", type=int, default=6000)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    asyncio.run(main(args.single, args.batches, args.connections))
