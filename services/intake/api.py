@@ -3,11 +3,13 @@ identity look-up. Every answer, accepted or refused, leaves an audit record."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -184,10 +186,17 @@ async def post_events(request: Request) -> JSONResponse:
             raise Problem(429, "Too Many Requests", "Over this partner's rate limit.",
                           headers={"Retry-After": retry_after(wait)})
         prepared = prepare(parsed.events, principal, _ctx(request).pseudonym_key, batch=mode is Mode.BATCH)
-        result = await accept(_ctx(request), principal, prepared, store.AuditRecord(
+        # Shielded: a client that hangs up mid-write must not leave claims half-settled.
+        accepting = asyncio.ensure_future(accept(_ctx(request), principal, prepared, store.AuditRecord(
             action="post_events", status=202, outcome="accepted", key_id=principal.key_id,
             partner=principal.partner, mode=mode, report_ids=report_ids,
-        ))
+        )))
+        try:
+            result = await asyncio.shield(accepting)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("the database refused the write: %s", type(exc).__name__)
+            raise Problem(503, "Service Unavailable", "The database cannot take the write; the events "
+                          "were NOT accepted.", headers={"Retry-After": "5"}) from exc
     except Problem as problem:
         await _audit(request, store.AuditRecord(
             action="post_events", status=problem.status, outcome="refused",

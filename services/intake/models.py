@@ -115,6 +115,10 @@ class IncidentReport(IncidentFacts):
             raise ValueError(f"narrative.text is longer than {MAX_TEXT} characters")
         return value
 
+    def facts_json(self) -> dict[str, Any]:
+        """The JSON form of :meth:`pseudonymised` (the same fields), without re-validation."""
+        return self.model_dump(mode="json", exclude={"target": {"identity"}})
+
     def pseudonymised(self) -> IncidentFacts:
         """The report without identity: what may travel on the log."""
         data = self.model_dump()

@@ -30,8 +30,14 @@ _INCIDENT_NAMESPACE = uuid.UUID("0b8f3c52-5f0e-4f5e-9d1e-7a2b6c1d9e00")
 _EVENT_NAMESPACE = uuid.UUID("5d0c1a7e-2b61-4d0e-8f59-3c7f1e9a4b21")
 
 
+# Blocks of Han ideographs (and CJK symbols): a name written in them has no order to sort.
+_HAN_RANGES = ((0x2E80, 0x2FDF), (0x3000, 0x303F), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+               (0xF900, 0xFAFF), (0x20000, 0x3134F))
+
+
 def _is_han(char: str) -> bool:
-    return "CJK" in unicodedata.name(char, "")
+    code = ord(char)
+    return any(low <= code <= high for low, high in _HAN_RANGES)
 
 
 def normalise_name(name: str) -> str:

@@ -3,6 +3,7 @@ the audit log. Each function is one round trip unless it says otherwise."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,10 +86,11 @@ async def target_keys(
     return found
 
 
-async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> set[tuple[str, str]]:
-    """Claim reports not seen before; returns the (source, report_id) this call claimed."""
+async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> list[bool]:
+    """Claim reports not seen before; for each claim, whether this call made it (of two
+    claims of one (source, report_id) in one call, the first is the one made)."""
     if not claims:
-        return set()
+        return []
     rows = await pool.fetch(
         """INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type, partner,
                                        event_id, identity_ciphertext, status, claimed_by, claimed_at)
@@ -107,7 +109,13 @@ async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> s
         [c.identity_ciphertext for c in claims],
         instance,
     )
-    return {(r["source"], r["report_id"]) for r in rows}
+    made = {(r["source"], r["report_id"]) for r in rows}
+    out = []
+    for c in claims:
+        key = (c.source, c.report_id)
+        out.append(key in made)
+        made.discard(key)
+    return out
 
 
 async def existing(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> list[Existing]:
@@ -139,13 +147,16 @@ async def take_over(
     return {(r["source"], r["report_id"]) for r in rows}
 
 
+Settlement = tuple[Sequence[tuple[str, str]], "AuditRecord | None"]
+
+
 async def mark_accepted(
-    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str,
-    audit_record: AuditRecord | None = None,
-) -> None:
-    """Settle this instance's claims as accepted, with the request's audit record in the same
-    statement (one round trip on the hot path)."""
-    a = audit_record
+    conn: asyncpg.Connection | asyncpg.Pool, settlements: Sequence[Settlement], instance: str
+) -> list[None]:
+    """Settle this instance's claims as accepted, with each request's audit record, in one
+    statement for any number of requests (one round trip on the hot path)."""
+    keys = [k for claimed, _ in settlements for k in claimed]
+    audits = [a for _, a in settlements if a is not None]
     await conn.execute(
         """WITH settled AS (
                UPDATE intake_reports r SET status = 'accepted', received_at = now()
@@ -154,16 +165,28 @@ async def mark_accepted(
                RETURNING 1)
            INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
                                      accepted, duplicates, detail)
-           SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE $6::text IS NOT NULL""",
+           SELECT a.key_id, a.partner, a.action, a.mode, a.status, a.outcome,
+                  ARRAY(SELECT jsonb_array_elements_text(a.report_ids::jsonb)), a.accepted,
+                  a.duplicates, a.detail
+             FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
+                         $10::text[], $11::int[], $12::int[], $13::text[])
+                  AS a(key_id, partner, action, mode, status, outcome, report_ids, accepted,
+                       duplicates, detail)""",
         [k[0] for k in keys],
         [k[1] for k in keys],
         instance,
-        *(
-            (a.key_id, a.partner, a.action, a.mode, a.status, a.outcome, list(a.report_ids), a.accepted,
-             a.duplicates, a.detail)
-            if a is not None else (None,) * 10
-        ),
+        [a.key_id for a in audits],
+        [a.partner for a in audits],
+        [a.action for a in audits],
+        [a.mode for a in audits],
+        [a.status for a in audits],
+        [a.outcome for a in audits],
+        [json.dumps(list(a.report_ids)) for a in audits],
+        [a.accepted for a in audits],
+        [a.duplicates for a in audits],
+        [a.detail for a in audits],
     )
+    return [None] * len(settlements)
 
 
 async def release(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str) -> None:

@@ -143,3 +143,30 @@ def test_erasure_requests_name_the_target_one_way() -> None:
     for bad in ({}, {"target_ref": "tr_abc", "name": "x"}, {"birth_date": "1990-01-01"}, {"target_ref": "x y"}):
         with pytest.raises(ValidationError):
             ErasureRequest.model_validate(bad)
+
+
+def test_the_event_on_the_log_is_a_valid_pseudonymised_incident() -> None:
+    import json as _json
+    from datetime import UTC, datetime
+
+    from services.intake.service import _internal_event
+    from services.intake.validation import prepare
+    from shared.auth import Principal
+    from shared.events import IncidentRecorded
+    from shared.serialization import event_data, from_record, to_record
+    from tests.intake.conftest import report
+
+    event = report("pure-1")
+    event["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    event["partnerref"] = "x"
+    principal = Principal("k", "sample-ngo", frozenset({"events:write"}), frozenset({event["source"]}))
+    [prepared] = prepare([event], principal, KEY, batch=False)
+    internal = _internal_event(prepared, principal, datetime.now(UTC))
+    record = to_record(internal, key=prepared.target_ref)
+    decoded = from_record(record.value, record.headers)
+    data = event_data(decoded)
+    assert isinstance(data, IncidentRecorded)
+    assert isinstance(prepared.payload, IncidentReport)
+    assert data.facts == prepared.payload.pseudonymised()
+    assert decoded.extensions == {"partnerref": "x"}
+    assert "Person Alpha" not in _json.dumps(decoded.data)
