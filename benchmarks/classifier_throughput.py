@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from services.classifier.service import ClassifierLoop
+from services.classifier.service import ClassifierLoop, resolve_workers
 from shared.events import (
     Act,
     EventType,
@@ -131,14 +132,20 @@ async def committed_count(settings: Settings, topic: str) -> int:
         await consumer.stop()
 
 
-async def run_ours(settings: Settings, count: int, output: str, run: int) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_ours(settings: Settings, count: int, output: str, run: int, workers: int) -> tuple[float, float]:
     loop = ClassifierLoop(
         settings,
-        group_id=f"bench-ours-{run}",
+        group_id=f"bench-ours-{workers}-{run}",
         output_topic=output,
-        transactional_id=f"{settings.topic_prefix}.bench.ours.{run}",
+        transactional_id=f"{settings.topic_prefix}.bench.ours.{workers}.{run}",
+        workers=workers,
     )
-    started = time.perf_counter()
+    started, cpu, cpu_children = time.perf_counter(), time.process_time(), children_cpu()
     task = asyncio.create_task(loop.run())
     while loop.records_done < count:
         if task.done():
@@ -146,12 +153,13 @@ async def run_ours(settings: Settings, count: int, output: str, run: int) -> flo
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
     loop.stop()
-    await task
-    return elapsed
+    await task  # worker processes exit here, so their CPU time is counted
+    return elapsed, time.process_time() - cpu + children_cpu() - cpu_children
 
 
-def run_peer(settings: Settings, count: int, output: str, run: int) -> float:
+def run_peer(settings: Settings, count: int, output: str, run: int) -> tuple[float, float]:
     python = os.environ.get("TNR_BENCH_PEER_PYTHON", sys.executable)
+    cpu = children_cpu()
     done = subprocess.run(
         [python, "-m", "benchmarks.classifier_quix_peer", "--bootstrap", settings.kafka_bootstrap,
          "--input", topics_for(settings).incidents, "--output", output, "--group", f"bench-quix-{run}",
@@ -160,7 +168,7 @@ def run_peer(settings: Settings, count: int, output: str, run: int) -> float:
     )
     if done.returncode != 0:
         raise RuntimeError(f"Quix Streams peer failed:\n{done.stderr[-3000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"]), children_cpu() - cpu
 
 
 async def main() -> None:
@@ -173,28 +181,40 @@ async def main() -> None:
                         topic_partitions=PARTITIONS)
     await ensure_topics(settings)
     await fill_log(settings, args.events)
-    ours, peer = "tnrwatch ClassifierLoop (aiokafka)", "Quix Streams 3 (exactly-once)"
-    results: dict[str, list[float]] = {ours: [], peer: []}
+    auto = resolve_workers(0)
+    pipelines = {
+        "tnrwatch ClassifierLoop, 1 thread": 1,
+        f"tnrwatch ClassifierLoop, {auto} processes": auto,
+        "Quix Streams 3.28 (exactly-once)": 0,
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
     for run in range(args.runs):
-        ours_out = f"{settings.topic_prefix}.bench.ours.{run}"
-        peer_out = f"{settings.topic_prefix}.bench.quix.{run}"
-        await create_topics(settings, [ours_out, peer_out])
-        for name, out in ((ours, ours_out), (peer, peer_out)):
-            if name == ours:
-                seconds = await run_ours(settings, args.events, out, run)
+        # Alternate the order, so that a burst of load from elsewhere does not favour one.
+        order = list(enumerate(pipelines.items()))
+        for index, (name, workers) in order if run % 2 == 0 else reversed(order):
+            out = f"{settings.topic_prefix}.bench.{index}.{run}"
+            await create_topics(settings, [out])
+            if workers:
+                measured = await run_ours(settings, args.events, out, run, workers)
             else:
-                seconds = await asyncio.to_thread(run_peer, settings, args.events, out, run)
+                measured = await asyncio.to_thread(run_peer, settings, args.events, out, run)
             written = await committed_count(settings, out)
             if written != args.events:
                 raise SystemExit(f"{name} committed {written} outputs for {args.events} inputs")
-            results[name].append(seconds)
+            results[name].append(measured)
 
     print(f"\nconsume-classify-produce, transactions on, {args.events} events, {PARTITIONS} partitions, "
-          f"broker {settings.kafka_bootstrap}, {args.runs} run(s), median shown")
-    print(f"{'pipeline':<40} {'seconds':>9} {'events/s':>10} {'outputs ok':>11}")
-    for name, times in results.items():
-        median = statistics.median(times)
-        print(f"{name:<40} {median:>9.2f} {args.events / median:>10.0f} {'yes':>11}")
+          f"broker {settings.kafka_bootstrap}, {args.runs} run(s), order alternating")
+    print(f"cpus: {os.cpu_count()}; wall time includes start-up (group join, worker start) and the last commit;")
+    print("cpu = user+sys seconds of the pipeline's own process(es), the broker's not included")
+    print(f"{'pipeline':<40} {'median s':>9} {'best s':>8} {'events/s':>9} {'cpu s':>7} {'cpu us/event':>13}")
+    for name, runs in results.items():
+        walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+        median = statistics.median(walls)
+        cpu = statistics.median(cpus)
+        print(f"{name:<40} {median:>9.2f} {min(walls):>8.2f} {args.events / median:>9.0f} {cpu:>7.2f} "
+              f"{cpu / args.events * 1e6:>13.0f}")
+    print("events/s from the median wall time; every pipeline committed exactly one output per input")
 
 
 if __name__ == "__main__":

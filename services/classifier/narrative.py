@@ -29,7 +29,9 @@ from shared.vocabulary import ActType
 
 LEXICON_FILE = Path(__file__).parent / "lexicon.toml"
 
-_FLAGS = re.IGNORECASE | re.UNICODE
+# Patterns are written in lower case and matched against lower-cased text: the regular
+# expression engine skips non-matching positions much faster without IGNORECASE.
+_FLAGS = re.UNICODE
 _TERM_REF = re.compile(r"\{(\w+)\}")
 
 
@@ -156,6 +158,16 @@ def default_lexicon() -> Lexicon:
     return parse_lexicon(LEXICON_FILE.read_bytes())
 
 
+def _normalise(text: str, lexicon: Lexicon) -> str:
+    """Simplified characters, lower case; the same length, so offsets are the original's."""
+    simplified = text.translate(lexicon.to_simplified)
+    lowered = simplified.lower()
+    if len(lowered) == len(simplified):
+        return lowered
+    # A few characters lower-case to two ("İ"); fold those one by one, keeping the length.
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in simplified)
+
+
 def _pieces(text: str, start: int, end: int, breaks: re.Pattern[str]) -> list[tuple[int, int]]:
     """Split text[start:end] at ``breaks``; returns (start, end) of the non-empty pieces."""
     out: list[tuple[int, int]] = []
@@ -201,7 +213,7 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
     """Every act the text describes, with the rule and span that show it, in text order."""
     lexicon = lexicon or default_lexicon()
     cues = lexicon.cues
-    norm = text.translate(lexicon.to_simplified)  # same length: offsets are the original's
+    norm = _normalise(text, lexicon)
     findings: list[Finding] = []
     for sentence in _pieces(norm, 0, len(norm), cues.sentence_break):
         if _is_discussion(norm, sentence, cues):

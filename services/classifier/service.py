@@ -16,15 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from services.classifier.pipeline import Classify, classify_incident, downstream_event
+from services.classifier.pipeline import (
+    Classify,
+    Headers,
+    Outcome,
+    Output,
+    Poison,
+    Skip,
+    classify_incident,
+    process_records,
+)
 from shared.kafka import dead_letter_payload, make_consumer, make_producer, topics_for
-from shared.serialization import PoisonEvent, from_record, header_map, to_record
+from shared.serialization import header_map
 from shared.settings import Settings
 from shared.telemetry import consumed_span, current_trace_headers
 
@@ -70,6 +84,7 @@ class ClassifierLoop:
         output_topic: str | None = None,
         transactional_id: str | None = None,
         max_records: int = 1000,
+        workers: int | None = None,
     ) -> None:
         self.settings = settings
         self.classify = classify
@@ -80,6 +95,7 @@ class ClassifierLoop:
         self.dead_letter_topic = self.topics.dead_letter(GROUP_ID)
         self.transactional_id = transactional_id or instance_transactional_id(settings)
         self.max_records = max_records
+        self.workers = resolve_workers(settings.classifier_workers if workers is None else workers)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.polled_once = False
@@ -102,6 +118,7 @@ class ClassifierLoop:
         # Starting the producer runs InitProducerId: it fences any older incarnation with the
         # same transactional_id and aborts the transaction that incarnation left open.
         self.producer = producer = make_producer(settings, transactional_id=self.transactional_id)
+        self.executor = make_executor(self.workers)
         await producer.start()
         try:
             await consumer.start()
@@ -130,6 +147,7 @@ class ClassifierLoop:
         finally:
             await consumer.stop()
             await producer.stop()
+            await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
 
     async def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (or the beginning)."""
@@ -142,6 +160,19 @@ class ClassifierLoop:
             else:
                 consumer.seek(tp, committed)
 
+    async def classify_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Outcome]:
+        """The pure step for every record, in order, off the event loop (heartbeats go on):
+        split across worker processes, or in one thread when there is one worker."""
+        raw: list[tuple[bytes | None, Headers | None]] = [(r.value, list(r.headers or ())) for r in records]
+        running = asyncio.get_running_loop()
+        chunks = max(1, min(self.workers, len(raw) // 50 or 1))
+        size = -(-len(raw) // chunks)
+        parts = [raw[i : i + size] for i in range(0, len(raw), size)]
+        results = await asyncio.gather(
+            *(running.run_in_executor(self.executor, process_records, part, self.classify) for part in parts)
+        )
+        return [outcome for part in results for outcome in part]
+
     async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """One transaction: every output of the batch and its offsets, or nothing."""
         producer, consumer = self.producer, self.consumer
@@ -151,55 +182,72 @@ class ClassifierLoop:
         batches = {tp: records for tp, records in batches.items() if tp in assigned and records}
         if not batches:
             return
+        records = [record for recs in batches.values() for record in recs]
+        outcomes = await self.classify_batch(records)
         async with producer.transaction():
             deliveries: list[asyncio.Future[object]] = []
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                for record in records:
-                    delivery = await self._one(producer, record)
-                    if delivery is not None:
-                        deliveries.append(delivery)
-                offsets[tp] = records[-1].offset + 1
+            for record, outcome in zip(records, outcomes, strict=True):
+                delivery = await self.emit(producer, record, outcome)
+                if delivery is not None:
+                    deliveries.append(delivery)
             # A send that failed fails the batch here, inside the transaction, so it aborts.
             await asyncio.gather(*deliveries)
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
         self.batches_committed += 1
-        self.records_done += sum(len(r) for r in batches.values())
+        self.records_done += len(records)
 
-    async def _one(
-        self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes]
+    async def emit(
+        self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], outcome: Outcome
     ) -> asyncio.Future[object] | None:
-        try:
-            event = from_record(record.value, record.headers)
-            with consumed_span(
-                "classifier process", header_map(record.headers), {"cloudevents.event_type": event.type}
-            ):
-                try:
-                    out = downstream_event(event, self.classify)
-                except PoisonEvent:
-                    raise
-                except Exception as exc:
-                    # The classification is a pure function of the record: retrying cannot
-                    # help, so the record is set aside (with its bytes) instead of blocking
-                    # the partition.
-                    log.exception("classifier failed on %s/%s/%s", record.topic, record.partition, record.offset)
-                    raise PoisonEvent(f"classifier error: {type(exc).__name__}: {exc}") from exc
-                if out is None:
-                    _SKIPPED.inc()
-                    return None
-                key, downstream = out
-                rec = to_record(downstream, key=key, trace_headers=current_trace_headers())
-                delivery: asyncio.Future[object] = await producer.send(
-                    self.output_topic, rec.value, key=rec.key, headers=rec.headers
-                )
-                _CLASSIFIED_OK.inc()
-                return delivery
-        except PoisonEvent as exc:
-            value, headers = dead_letter_payload(record, str(exc), GROUP_ID)
-            log.warning("dead-lettered %s/%s/%s: %s", record.topic, record.partition, record.offset, exc)
+        if isinstance(outcome, Skip):
+            _SKIPPED.inc()
+            return None
+        if isinstance(outcome, Poison):
+            value, headers = dead_letter_payload(record, outcome.reason, GROUP_ID)
+            log.warning("dead-lettered %s/%s/%s: %s", record.topic, record.partition, record.offset, outcome.reason)
+            _DEAD.inc()
             dead: asyncio.Future[object] = await producer.send(
                 self.dead_letter_topic, value, key=record.key, headers=headers
             )
-            _DEAD.inc()
             return dead
+        assert isinstance(outcome, Output)
+        with consumed_span(
+            "classifier process", header_map(record.headers), {"cloudevents.event_type": outcome.event_type}
+        ):
+            trace = [(name, value.encode()) for name, value in current_trace_headers().items()]
+            delivery: asyncio.Future[object] = await producer.send(
+                self.output_topic, outcome.value, key=outcome.key, headers=outcome.headers + trace
+            )
+        _CLASSIFIED_OK.inc()
+        return delivery
 
+
+def resolve_workers(configured: int) -> int:
+    """1 means classify in a thread; n > 1 worker processes; 0 one per CPU (at most 4)."""
+    if configured > 0:
+        return configured
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def make_executor(workers: int) -> Executor:
+    if workers == 1:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
+    # spawn: a fresh interpreter per worker, nothing inherited from the event loop's threads.
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose service was killed (kill -9 skips every clean-up) exits on its own."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

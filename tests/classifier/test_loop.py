@@ -111,12 +111,12 @@ class FailsOnceMidBatch(ClassifierLoop):
 
     failed = False
 
-    async def _one(self, producer, record):
+    async def emit(self, producer, record, outcome):
         if record.offset == 20 and not self.failed:
             self.failed = True
             await producer.flush()  # the first 20 outputs are on the broker, uncommitted
             raise ConnectionError("simulated broker failure in the middle of a batch")
-        return await super()._one(producer, record)
+        return await super().emit(producer, record, outcome)
 
 
 async def test_failed_batch_is_aborted_and_reread_so_nothing_is_lost_or_doubled(fresh_settings: Settings) -> None:

@@ -113,3 +113,10 @@ def test_tnrwatch_eval_prints_precision_recall_f1_per_label_and_overall(capsys: 
     assert "ir_categories:IR3" in out
     overall = next(line for line in out.splitlines() if line.startswith("overall (micro"))
     assert float(overall.split()[-4]) >= 0.9
+
+
+def test_offsets_survive_characters_that_lower_case_to_two() -> None:
+    text = "İSTANBUL: He was KIDNAPPED outside his flat."
+    (finding,) = find_acts(text)
+    assert finding.act == ActType.KIDNAPPING
+    assert text[finding.start : finding.end] == finding.text == "KIDNAPPED"
