@@ -94,6 +94,7 @@ class IncidentWrite:
     classified_json: str | None = None  # an IncidentClassified payload
     report_columns: ReportColumns | None = None  # set with report_json
     classification: Classification | None = None  # set with classified_json
+    changed: bool = False  # anything to write at all
 
     @classmethod
     def start(cls, state: IncidentState) -> IncidentWrite:
@@ -116,9 +117,20 @@ class FoldResult:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offsets
     applied: int = 0
 
+    def changed_incidents(self) -> list[IncidentWrite]:
+        return [w for w in self.incidents.values() if w.changed]
+
 
 def _newer(stored: datetime | None, incoming: datetime) -> bool:
+    """A classification of the same report replaces the stored one (a re-classification)."""
     return stored is None or incoming >= stored
+
+
+def _newer_report(stored: datetime | None, incoming: datetime) -> bool:
+    """A report replaces the stored one only if received later: the same report again (as
+    the log carries it and then inside its classification) changes nothing, so need not be
+    written again."""
+    return stored is None or incoming > stored
 
 
 def strip_confidential(payload: str, *, classified: bool) -> str:
@@ -157,12 +169,13 @@ def fold(
             write = writes.get(incident.incident_id) or _start(writes, states, incident)
             received_at = incident.received_at
             newer_classification = _newer(write.classified_received_at, received_at)
-            newer_report = _newer(write.report_received_at, received_at)
+            newer_report = _newer_report(write.report_received_at, received_at)
             if not (newer_classification or newer_report):
                 continue
             payload = event.payload
             if _erased(erased_now, incident.target_ref, received_at):
                 payload = strip_confidential(payload, classified=True)
+            write.changed = True
             if newer_classification:
                 write.classified_received_at = received_at
                 write.classified_json = payload
@@ -175,10 +188,11 @@ def fold(
                 write.report_columns = ReportColumns.of(incident)
         elif isinstance(data, IncidentRecorded):
             write = writes.get(data.incident_id) or _start(writes, states, data)
-            if _newer(write.report_received_at, data.received_at):
+            if _newer_report(write.report_received_at, data.received_at):
                 payload = event.payload
                 if _erased(erased_now, data.target_ref, data.received_at):
                     payload = strip_confidential(payload, classified=False)
+                write.changed = True
                 write.report_received_at = data.received_at
                 write.target_ref = data.target_ref
                 write.report_json = payload
@@ -190,6 +204,7 @@ def fold(
             # out of the statistics and listings.
             write.retracted = True
             write.retraction_reason = data.reason
+            write.changed = True
         elif isinstance(data, AlertChanged):
             result.alerts[data.fingerprint] = data  # keyed by fingerprint: log order is change order
         elif isinstance(data, SubjectErased):

@@ -27,15 +27,19 @@ def decode(event: CloudEvent) -> BaseModel:
     return event_data(event)
 
 
-async def apply_events(conn: asyncpg.Connection, generation: str, events: Sequence[LogEvent]) -> int:
-    """Fold events (in log order) into ``generation``; returns how many were applied."""
+async def apply_events(
+    conn: asyncpg.Connection, generation: str, events: Sequence[LogEvent], *, unchanged: int = 0
+) -> int:
+    """Fold events (in log order) into ``generation``; returns how many were applied.
+    ``unchanged`` counts events a replay found to change nothing without decoding them."""
     done = await store.generation_offsets(conn, generation)
     fresh = [e for e in events if e.offset >= done.get((e.topic, e.partition), 0)]
-    if not fresh:
+    if not fresh and not unchanged:
         return 0
     states = await store.load_states(conn, generation, sorted(incident_ids(fresh)))
     erased = await store.load_erased(conn, generation, sorted(target_refs(fresh)))
     result = fold(states, erased, fresh)
+    result.applied += unchanged
     await store.write(conn, generation, result)
     return result.applied
 

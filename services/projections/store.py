@@ -146,8 +146,9 @@ async def load_erased(conn: asyncpg.Connection, generation: str, target_refs: Se
 async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -> None:
     """Everything a folded batch changes, in a handful of statements."""
     schema = _schema(generation)
-    if result.incidents:
-        await _write_incidents(conn, schema, list(result.incidents.values()))
+    changed = result.changed_incidents()
+    if changed:
+        await _write_incidents(conn, schema, changed)
     if result.alerts:
         rows = [alert_row(a) for a in result.alerts.values()]
         columns = list(zip(*rows, strict=True))

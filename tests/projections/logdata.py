@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from shared.events import (
     AlertChanged,
     Classification,
+    CloudEvent,
     EventType,
     Evidence,
     IncidentClassified,
@@ -144,6 +145,11 @@ def alert(
     )
 
 
+def log_event(kind: EventType, incident: IncidentRecorded) -> CloudEvent:
+    """As intake writes it: subject = incident id, time = received_at."""
+    return new_event(kind, incident, subject=incident.incident_id).model_copy(update={"time": incident.received_at})
+
+
 class LogWriter:
     """Writes events where intake, the classifier and the alerts service would."""
 
@@ -222,16 +228,14 @@ class LogWriter:
                 occurred_on=date(2020 + n % 5, 1 + n % 12, 1),
                 acts=(("kidnapping",), ("family_threatened",))[n % 2],
             )
-            for topic, kind, data, subject in (
-                (self.topics.incidents, EventType.INCIDENT_REPORTED, incident, incident.incident_id),
+            for topic, event in (
+                (self.topics.incidents, log_event(EventType.INCIDENT_REPORTED, incident)),
                 (
                     self.topics.classifications,
-                    EventType.INCIDENT_CLASSIFIED,
-                    classified(incident),
-                    incident.incident_id,
+                    new_event(EventType.INCIDENT_CLASSIFIED, classified(incident), subject=incident.incident_id),
                 ),
             ):
-                rec = to_record(new_event(kind, data, subject=subject), key=incident.target_ref)
+                rec = to_record(event, key=incident.target_ref)
                 pending.append(await self.producer.send(topic, rec.value, key=rec.key, headers=rec.headers))
             if len(pending) >= batch:
                 for fut in pending:

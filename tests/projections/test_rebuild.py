@@ -36,7 +36,7 @@ async def test_rebuild_while_reads_and_writes_continue(projections: Projections,
         await log.many(SEEDED)
 
         async def caught_up() -> bool:
-            return (await _status(p))["events_applied"] == 2 * SEEDED
+            return bool((await _status(p))["events_applied"] == 2 * SEEDED)
 
         await wait_for(caught_up, timeout=120, what="the seeded events applied")
         before = await _status(p)
@@ -63,8 +63,15 @@ async def test_rebuild_while_reads_and_writes_continue(projections: Projections,
         out = tmp_path / "replay.log"
         with out.open("wb") as sink:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli.main", "replay", "projections",
-                cwd=ROOT, env={**os.environ, **settings_env(p.settings)}, stdout=sink, stderr=sink,
+                sys.executable,
+                "-m",
+                "cli.main",
+                "replay",
+                "projections",
+                cwd=ROOT,
+                env={**os.environ, **settings_env(p.settings)},
+                stdout=sink,
+                stderr=sink,
             )
             assert await asyncio.wait_for(process.wait(), 240) == 0, out.read_text()
         await writer
