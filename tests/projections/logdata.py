@@ -23,7 +23,7 @@ from shared.events import (
     TextSpan,
     new_event,
 )
-from shared.kafka import make_producer, send_event, topics_for
+from shared.kafka import ensure_topics, make_producer, send_event, topics_for
 from shared.serialization import to_record
 from shared.settings import Settings
 
@@ -159,6 +159,7 @@ class LogWriter:
         self.producer: AIOKafkaProducer = make_producer(settings)
 
     async def __aenter__(self) -> LogWriter:
+        await ensure_topics(self.settings)
         await self.producer.start()
         return self
 
