@@ -30,7 +30,7 @@ def _event(n: int, topic: str, data: Any) -> LogEvent:
 
 def _replay(order: list[int], cut: int) -> dict[str, Any]:
     """Fold EVENTS in this order, in two batches, carrying stored state like the database."""
-    stored: dict[str, Any] = {}
+    stored: dict[str, dict[str, Any]] = {}
     states: dict[str, IncidentState] = {}
     events = [_event(i, *EVENTS[i]) for i in order]
     for batch in (events[:cut], events[cut:]):
@@ -51,8 +51,8 @@ def _replay(order: list[int], cut: int) -> dict[str, Any]:
                 row["report"] = body["incident"] if w.report_in_classified else body
             if w.classified_json is not None:
                 row["classification"] = json.loads(w.classified_json)["classification"]
-    row: dict[str, Any] = stored["inc-000001"]
-    return row
+    final: dict[str, Any] = stored["inc-000001"]
+    return final
 
 
 @settings(max_examples=60, deadline=None)
