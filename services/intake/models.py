@@ -16,6 +16,8 @@ from shared.events import Act, IncidentFacts, StrictModel, TargetProfile, _iso_c
 from shared.vocabulary import DatePrecision
 
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
+_PARTS_NEEDED = {"year": 1, "month": 2, "day": 3}
+_PRECISIONS = frozenset(p.value for p in DatePrecision)
 MAX_TEXT = 200_000  # a narrative longer than this is not a report
 
 
@@ -59,13 +61,13 @@ def _period_start(value: object, precision: object) -> object:
     A date never claims more precision than ``date_precision`` gives it (a month-precise date
     becomes the 1st of the month), and a coarser date than the stated precision is refused.
     """
-    if not isinstance(value, str) or precision not in {p.value for p in DatePrecision}:
+    if not isinstance(value, str) or precision not in _PRECISIONS:
         return value  # the field validators report the type error
     match = _PARTIAL_DATE.match(value)
     if match is None:
         return value
     year, month, day = match.groups()
-    needs = {"year": 1, "month": 2, "day": 3}[str(precision)]
+    needs = _PARTS_NEEDED[str(precision)]
     given = 1 + (month is not None) + (day is not None)
     if given < needs:
         raise ValueError(f"occurred_on must give at least the {precision} (date_precision)")

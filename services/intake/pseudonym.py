@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import unicodedata
 import uuid
 
@@ -30,20 +31,15 @@ _INCIDENT_NAMESPACE = uuid.UUID("0b8f3c52-5f0e-4f5e-9d1e-7a2b6c1d9e00")
 _EVENT_NAMESPACE = uuid.UUID("5d0c1a7e-2b61-4d0e-8f59-3c7f1e9a4b21")
 
 
-# Blocks of Han ideographs (and CJK symbols): a name written in them has no order to sort.
-_HAN_RANGES = ((0x2E80, 0x2FDF), (0x3000, 0x303F), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
-               (0xF900, 0xFAFF), (0x20000, 0x3134F))
-
-
-def _is_han(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in _HAN_RANGES)
+# Han ideographs (and CJK symbols): a name written only in them has no order to sort.
+_ALL_HAN = re.compile("[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                      "\U00020000-\U0003134f]+")
 
 
 def normalise_name(name: str) -> str:
     text = unicodedata.normalize("NFKC", name).casefold()
     tokens = "".join(c if c.isalnum() else " " for c in text).split()
-    if tokens and all(_is_han(c) for c in "".join(tokens)):
+    if tokens and _ALL_HAN.fullmatch("".join(tokens)):
         return "".join(tokens)  # Chinese characters: order is meaningful, spaces are not
     return " ".join(sorted(tokens))  # "Li Wei" and "WEI, li" are the same person
 
@@ -75,12 +71,21 @@ def target_ref_for(key: bytes, identity: Identity | None, *, source: str, subjec
     return ref if ref is not None else _ref(key, f"series|{source}|{subject}")
 
 
+def _uuid5(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))``, computed directly (this runs for every event)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def incident_id_for(source: str, subject: str) -> str:
     """Stable across amendments: the partner's (source, subject) names the incident."""
-    return str(uuid.uuid5(_INCIDENT_NAMESPACE, f"{source}\x00{subject}"))
+    return _uuid5(_INCIDENT_NAMESPACE, f"{source}\x00{subject}")
 
 
 def event_id_for(source: str, report_id: str) -> str:
     """The id of the event intake writes for a partner's report: the same for every attempt,
     so that a consumer can drop a record written twice (a re-send after a crash)."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{source}\x00{report_id}"))
+    return _uuid5(_EVENT_NAMESPACE, f"{source}\x00{report_id}")

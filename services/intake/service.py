@@ -199,12 +199,12 @@ def _internal_event(p: Prepared, principal: Principal, received_at: datetime) ->
     )
 
 
-def _record(event: CloudEvent, key: str) -> KafkaRecord:
+def _record(event: CloudEvent, key: str, trace_headers: dict[str, str]) -> KafkaRecord:
     """The partner's trace context, when it sent one, is the parent of the write's span, so a
     partner's trace continues through every service."""
     partner_trace = {k: str(v) for k, v in event.extensions.items() if k in ("traceparent", "tracestate")}
     if "traceparent" not in partner_trace:
-        return to_record(event, key=key, trace_headers=current_trace_headers())
+        return to_record(event, key=key, trace_headers=trace_headers)
     parent = propagate.extract(partner_trace)
     with trace.get_tracer("tnrwatch.intake").start_as_current_span("intake publish", context=parent):
         return to_record(event, key=key, trace_headers=current_trace_headers())
@@ -245,10 +245,11 @@ async def _publish(
     started = time.monotonic()
     results: list[BaseException | None] = []
     futures: list[asyncio.Future[Any]] = []
+    trace_headers = current_trace_headers()  # the request's span: the same for every event
     try:
         for p in todo:
             assert p.target_ref is not None
-            record = _record(_internal_event(p, principal, received_at), p.target_ref)
+            record = _record(_internal_event(p, principal, received_at), p.target_ref, trace_headers)
             futures.append(await ctx.producer.send(
                 ctx.incidents_topic, record.value, key=record.key, headers=record.headers
             ))

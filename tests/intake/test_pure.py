@@ -170,3 +170,17 @@ def test_the_event_on_the_log_is_a_valid_pseudonymised_incident() -> None:
     assert data.facts == prepared.payload.pseudonymised()
     assert decoded.extensions == {"partnerref": "x"}
     assert "Person Alpha" not in _json.dumps(decoded.data)
+
+
+@given(st.text(max_size=60), st.text(max_size=60))
+def test_fast_uuid5_is_uuid5(source: str, name: str) -> None:
+    import uuid
+
+    from services.intake import pseudonym
+
+    expected = str(uuid.uuid5(pseudonym._INCIDENT_NAMESPACE, f"{source}\x00{name}"))
+    try:
+        f"{source}{name}".encode()
+    except UnicodeEncodeError:
+        return
+    assert incident_id_for(source, name) == expected
