@@ -44,6 +44,11 @@ class Rule:
     with_: tuple[re.Pattern[str], ...]
     without: re.Pattern[str] | None
     scope: str  # "segment" or "sentence"
+    # The companion (`with`) must stand before the trigger (the subject: "his brother … begged").
+    with_before: bool = False
+    # Nothing matching this may stand between companion and trigger ("his family learned *he*
+    # was held": the act is the person's, not the family's).
+    clear_between: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ def parse_lexicon(raw_bytes: bytes) -> Lexicon:
                 ),
                 without=_compile(item["without"], terms, rule_id) if "without" in item else None,
                 scope=scope,
+                with_before=bool(item.get("with_before", False)),
+                clear_between=_compile(item["clear_between"], terms, rule_id) if "clear_between" in item else None,
             )
         )
     # Stable order: priority first, then file order.
@@ -240,7 +247,7 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
                     start, end = trigger
                     companions_ok = True
                     for companion in rule.with_:
-                        found = _nearest(companion, norm, scope, trigger)
+                        found = _nearest(companion, norm, scope, trigger, rule)
                         if found is None:
                             companions_ok = False
                             break
@@ -257,12 +264,18 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
 
 
 def _nearest(
-    pattern: re.Pattern[str], text: str, scope: tuple[int, int], trigger: tuple[int, int]
+    pattern: re.Pattern[str], text: str, scope: tuple[int, int], trigger: tuple[int, int], rule: Rule
 ) -> tuple[int, int] | None:
     best: tuple[int, int] | None = None
     best_distance = -1
     for match in pattern.finditer(text, *scope):
         if _overlaps(match.span(), [trigger]):
+            continue
+        before = match.end() <= trigger[0]
+        if rule.with_before and not before:
+            continue
+        gap = (match.end(), trigger[0]) if before else (trigger[1], match.start())
+        if rule.clear_between is not None and rule.clear_between.search(text, *gap):
             continue
         distance = trigger[0] - match.end() if match.end() <= trigger[0] else match.start() - trigger[1]
         if best is None or distance < best_distance:
