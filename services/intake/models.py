@@ -61,7 +61,7 @@ def _period_start(value: object, precision: object) -> object:
     A date never claims more precision than ``date_precision`` gives it (a month-precise date
     becomes the 1st of the month), and a coarser date than the stated precision is refused.
     """
-    if not isinstance(value, str) or precision not in _PRECISIONS:
+    if not isinstance(value, str) or not isinstance(precision, str) or precision not in _PRECISIONS:
         return value  # the field validators report the type error
     match = _PARTIAL_DATE.match(value)
     if match is None:

@@ -87,7 +87,7 @@ async def test_log_unavailable_is_a_prompt_503_and_intake_recovers_by_itself(inf
             assert "NOT accepted" in problem_doc["detail"]
             r = await intake.post("/v1/events", content=body(report("down-1")), headers=auth(keys.partner))
             assert r.status_code == 503, r.text
-            batch = [report(f"down-b{i}") for i in range(5)]
+            batch = [report(f"down-b{i}") for i in range(12)]  # 12: written as record batches
             r = await intake.post("/v1/events", content=body(batch), headers=auth(keys.partner, BATCH))
             assert r.status_code == 503
             assert (await intake.get("/readyz")).status_code in (200, 503)  # answers, never hangs
@@ -103,9 +103,9 @@ async def test_log_unavailable_is_a_prompt_503_and_intake_recovers_by_itself(inf
             assert r.status_code == 202 and r.json()["accepted"][0]["id"] == "down-2"
             r = await intake.post("/v1/events", content=body(batch), headers=auth(keys.partner, BATCH))
             assert r.status_code == 202
-            assert len(r.json()["accepted"]) + len(r.json()["duplicates"]) == 5
+            assert len(r.json()["accepted"]) + len(r.json()["duplicates"]) == 12
         # Every event refused with 503 is on the log exactly once after the partner's retry.
-        for report_id in ["down-1", "down-2", *(f"down-b{i}" for i in range(5))]:
+        for report_id in ["down-1", "down-2", *(f"down-b{i}" for i in range(12))]:
             assert await copies_on_log(settings, report_id) == 1, report_id
     finally:
         await drop_database(infra.database_url, settings)
