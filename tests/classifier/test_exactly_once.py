@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from shared.events import EventType, IncidentClassified
 from shared.kafka import ensure_topics, topics_for
@@ -21,10 +24,28 @@ NARRATIVES = [
 ]
 
 
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["classify-in-thread", "two-worker-processes"])
 async def test_kill_9_mid_burst_then_restart_classifies_every_incident_exactly_once(
-    fresh_settings: Settings, tmp_path: Path
+    fresh_settings: Settings, tmp_path: Path, workers: int
 ) -> None:
-    settings = fresh_settings
+    settings = fresh_settings.model_copy(update={"classifier_workers": workers})
     await ensure_topics(settings)
     topics = topics_for(settings)
     incidents = [
@@ -41,8 +62,14 @@ async def test_kill_9_mid_burst_then_restart_classifies_every_incident_exactly_o
             return len(await read_all(settings, topics.classifications, isolation="read_uncommitted")) > 0
 
         await wait_for(some_output_written, timeout=90, interval=0.05, what="the classifier's first outputs")
+        assert first.process is not None
+        orphans = children_of(first.process.pid)
+        if workers > 1:
+            assert orphans, "the classifier started no worker processes"
     finally:
         first.kill()
+    # Worker processes do not outlive a killed classifier.
+    await wait_for(lambda: _none_alive(orphans), timeout=15, what=f"worker processes {orphans} to exit")
 
     committed_at_kill = len(await read_all(settings, topics.classifications))
     assert committed_at_kill < BURST, "the burst finished before the kill; the test proved nothing"
@@ -66,3 +93,7 @@ async def test_kill_9_mid_burst_then_restart_classifies_every_incident_exactly_o
     # Each carries the labels of its act and its narrative.
     sample = next(d for _, d in out if isinstance(d, IncidentClassified) and d.incident.incident_id == "eo-0")
     assert sample.classification.ccdi_methods == ["extradition", "persuade_to_return"]
+
+
+async def _none_alive(pids: set[int]) -> bool:
+    return not alive(pids)

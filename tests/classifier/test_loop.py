@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from aiokafka.errors import ProducerFenced
+
 from services.classifier.service import GROUP_ID, ClassifierLoop
 from shared.events import EventType, IncidentClassified, IncidentRetracted
 from shared.kafka import ensure_topics, topics_for
@@ -139,3 +141,32 @@ async def test_failed_batch_is_aborted_and_reread_so_nothing_is_lost_or_doubled(
     # The aborted half-batch is in the log, but only read_uncommitted readers could see it.
     uncommitted = decode(await read_all(settings, topics.classifications, isolation="read_uncommitted"))
     assert len(uncommitted) >= len(out) + 20
+
+
+async def test_a_second_instance_with_the_same_transactional_id_fences_the_first_and_nothing_doubles(
+    fresh_settings: Settings,
+) -> None:
+    """A zombie (say, a paused VM that wakes up) must not commit after its replacement started."""
+    settings = fresh_settings
+    await ensure_topics(settings)
+    topics = topics_for(settings)
+    incidents = [recorded(f"f-{i}", acts=[ActType.DEPORTED], target_ref=f"t{i % 30}") for i in range(1500)]
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, i) for i in incidents])
+
+    zombie = ClassifierLoop(settings, max_records=100)
+    zombie_task = asyncio.create_task(zombie.run())
+    await wait_for(lambda: _committed_at_least(settings, 1), timeout=60, what="the first instance's first commit")
+    replacement = ClassifierLoop(settings, max_records=100)  # same settings: same transactional id
+    assert replacement.transactional_id == zombie.transactional_id
+    async with running(replacement):
+        await committed_outputs(settings, len(incidents))
+        fenced = await asyncio.wait_for(asyncio.gather(zombie_task, return_exceptions=True), 60)
+    out = decode(await read_all(settings, topics.classifications))
+
+    assert isinstance(fenced[0], ProducerFenced), f"the first instance was not fenced: {fenced[0]!r}"
+    counts = Counter(d.incident.incident_id for _, d in out)
+    assert len(counts) == len(incidents) and set(counts.values()) == {1}
+
+
+async def _committed_at_least(settings: Settings, n: int) -> bool:
+    return len(await read_all(settings, topics_for(settings).classifications)) >= n
