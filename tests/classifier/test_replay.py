@@ -77,3 +77,27 @@ async def _classified(settings: Settings, n: int) -> list[IncidentClassified] | 
     out = [d for _, d in decode(await read_all(settings, topics_for(settings).classifications))
            if isinstance(d, IncidentClassified)]
     return out if len(out) >= n else None
+
+
+def test_tnrwatch_replay_classifier_command(fresh_settings: Settings, monkeypatch, capsys) -> None:
+    from cli.main import main as tnrwatch
+    from shared.settings import get_settings
+    from tests.harness import settings_env
+
+    settings = fresh_settings
+    asyncio.run(ensure_topics(settings))
+    reports = [recorded(f"cli-{i}", narrative="他在曼谷被绑架。") for i in range(5)]
+    log = [(EventType.INCIDENT_REPORTED, r) for r in reports]
+    asyncio.run(put_on_log(settings, topics_for(settings).incidents, log))
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        assert tnrwatch(["replay", "classifier"]) == 0
+    finally:
+        get_settings.cache_clear()
+
+    assert "read 5 events, wrote 5" in capsys.readouterr().out
+    out = decode(asyncio.run(read_all(settings, topics_for(settings).classifications)))
+    assert sorted(d.incident.incident_id for _, d in out) == [f"cli-{i}" for i in range(5)]
+    assert all(d.classification.ir_categories == ["IR3"] for _, d in out)
