@@ -29,7 +29,6 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram
 
@@ -54,7 +53,6 @@ LATE_WRITES = Counter(
     "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
 )
 
-_PARTITIONER = DefaultPartitioner()
 _KIND = {
     PartnerEventType.INCIDENT_REPORTED: EventType.INCIDENT_REPORTED,
     PartnerEventType.INCIDENT_AMENDED: EventType.INCIDENT_AMENDED,
@@ -239,10 +237,9 @@ async def _wait_for_others(
         await asyncio.sleep(0.02)
 
 
-_BATCH_SEND_FROM = 8  # records of one request; fewer go one by one
-
-
 async def _send_each(ctx: IntakeContext, records: list[KafkaRecord]) -> list[BaseException | None]:
+    """Record by record (aiokafka's send_batch serialises concurrent batches of a partition
+    and times out under load, so it is not used)."""
     futures: list[asyncio.Future[Any]] = []
     try:
         for record in records:
@@ -256,46 +253,6 @@ async def _send_each(ctx: IntakeContext, records: list[KafkaRecord]) -> list[Bas
     return [r if isinstance(r, BaseException) else None for r in done]
 
 
-async def _send_batches(ctx: IntakeContext, records: list[KafkaRecord]) -> list[BaseException | None]:
-    """A request's records as record batches per partition: one accumulator entry and one
-    future per batch instead of per record, so a batch of 100 costs little more than a
-    single event. Partitions are chosen as the producer chooses them (the default murmur2
-    partitioner over the record key), so a target's events keep their order."""
-    producer = ctx.producer
-    topic = ctx.incidents_topic
-    results: list[BaseException | None] = [None] * len(records)
-    pending: list[tuple[list[int], asyncio.Future[Any]]] = []
-    try:
-        partitions = list(await producer.partitions_for(topic))
-        by_partition: dict[int, list[int]] = {}
-        for index, record in enumerate(records):
-            partition = _PARTITIONER(record.key, partitions, partitions)
-            by_partition.setdefault(partition, []).append(index)
-        for partition, indexes in by_partition.items():
-            batch, members = producer.create_batch(), list[int]()
-            for index in indexes:
-                record = records[index]
-                if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
-                    pending.append((members, await producer.send_batch(batch, topic, partition=partition)))
-                    batch, members = producer.create_batch(), list[int]()
-                    if batch.append(key=record.key, value=record.value, timestamp=None,
-                                    headers=record.headers) is None:
-                        raise ValueError("a record is larger than a producer batch")
-                members.append(index)
-            pending.append((members, await producer.send_batch(batch, topic, partition=partition)))
-    except Exception as exc:  # nothing more goes out; what was queued settles below
-        queued = {i for members, _ in pending for i in members}
-        for index in range(len(records)):
-            if index not in queued:
-                results[index] = exc
-    outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-    for (members, _), outcome in zip(pending, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            for index in members:
-                results[index] = outcome
-    return results
-
-
 async def _publish(
     ctx: IntakeContext, todo: list[Prepared], principal: Principal, received_at: datetime,
     audit: store.AuditRecord | None = None,
@@ -307,14 +264,13 @@ async def _publish(
     for p in todo:
         assert p.target_ref is not None
         records.append(_record(_internal_event(p, principal, received_at), p.target_ref, trace_headers))
-    if len(records) >= _BATCH_SEND_FROM:
-        results = await _send_batches(ctx, records)
-    else:
-        results = await _send_each(ctx, records)
+    results = await _send_each(ctx, records)
     ok = [p for p, r in zip(todo, results, strict=True) if not isinstance(r, BaseException)]
     failed = [p.key for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
     outcome = results
     if failed:
+        reasons = sorted({type(r).__name__ for r in results if r is not None})
+        log.warning("the log refused %d of %d events: %s", len(failed), len(todo), ", ".join(reasons))
         await store.release(ctx.pool, failed, ctx.instance)
     if ok:
         settled = audit if not failed else None  # a 503 is audited by the caller
