@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DASHBOARD := services/projections/dashboard
+DASHBOARD_STAMP := $(DASHBOARD)/vendor/.built
 
-.PHONY: run test setup lint typecheck pytest stack-up stack-down stack-status bench clean
+.PHONY: run test setup browser lint typecheck pytest stack-up stack-down stack-status bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# The dashboard's charting library comes from npm at build time (never committed, no CDN).
+$(DASHBOARD_STAMP): $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json $(DASHBOARD)/build.mjs
+	npm --prefix $(DASHBOARD) ci --no-audit --no-fund --loglevel=error
+	npm --prefix $(DASHBOARD) run build --silent
+	@touch $@
+
+setup: $(STAMP) $(DASHBOARD_STAMP)
+
+# Debian's headless Chromium for the dashboard's browser test (Playwright drives it; it never
+# downloads a browser of its own).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: setup
 	$(BIN)/python deploy/local/run.py
 
-test: setup
+test: setup browser
 	bash deploy/local/with-stack.sh $(MAKE) --no-print-directory lint typecheck pytest
 
 lint: setup
