@@ -87,7 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx = getattr(app.state, "intake", None)
             if ctx is None:
                 return "starting"
-            await ctx.producer.client.fetch_all_metadata()
+            try:  # bounded: a broker that does not answer makes intake unready, not hung
+                await asyncio.wait_for(ctx.producer.client.fetch_all_metadata(), 2.0)
+            except TimeoutError:
+                return "kafka: no metadata within 2 s"
             return None
 
         return [pool_check(lambda: getattr(getattr(app.state, "intake", None), "pool", None)), kafka]

@@ -100,6 +100,8 @@ class IntakeContext:
     # A claim left 'sending' this long by an instance that stopped is taken over by a re-post.
     stale_claim_seconds: float = 300.0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # (source, id) this process is writing right now: never taken over as stale here.
+    in_flight: set[tuple[str, str]] = field(default_factory=set)
     # Unwrapped data keys of recently seen targets: saves a round trip per report of a target
     # seen again. An erasure in this process evicts the key; one in another process makes
     # identities sealed here meanwhile unreadable anyway (their key is destroyed).
@@ -226,8 +228,9 @@ async def _wait_for_others(
             raise _unavailable("The log cannot take the write; the events were NOT accepted.")
         accepted.update({k: r for k, r in rows.items() if r.status == "accepted"})
         waiting = [k for k in waiting if k not in accepted]
-        if waiting:
-            taken |= await store.take_over(ctx.pool, waiting, ctx.instance, ctx.stale_claim_seconds)
+        stale = [k for k in waiting if k not in ctx.in_flight]
+        if stale:
+            taken |= await store.take_over(ctx.pool, stale, ctx.instance, ctx.stale_claim_seconds)
             waiting = [k for k in waiting if k not in taken]
         if not waiting:
             return accepted, taken
@@ -341,7 +344,10 @@ async def accept(
         audit = dataclasses.replace(audit, accepted=len(todo), duplicates=duplicates,
                                     outcome="accepted" if todo else "duplicate")
     if todo:
+        keys = {p.key for p in todo}
+        ctx.in_flight |= keys
         task = asyncio.create_task(_publish(ctx, todo, principal, received_at, audit))
+        task.add_done_callback(lambda _: ctx.in_flight.difference_update(keys))
         try:
             outcome = await asyncio.wait_for(asyncio.shield(task), ctx.publish_timeout)
         except TimeoutError:

@@ -360,3 +360,19 @@ async def test_every_request_leaves_an_audit_record_without_personal_data(
     ]
     assert rows[0]["partner"] == "sample-ngo" and rows[0]["key_id"] == keys.partner.split("_")[1]
     assert "Person Alpha" not in everything and "1985-05-05" not in everything
+
+
+async def test_an_amendment_keeps_the_incident_id(
+    intake: httpx.AsyncClient, keys: Keys, intake_settings: Settings
+) -> None:
+    first = report("am-0", subject="REF-am")
+    r = await intake.post("/v1/events", content=body(first), headers=auth(keys.partner))
+    incident_id = r.json()["accepted"][0]["incident_id"]
+    amended = report("am-1", subject="REF-am", outcome="released")
+    amended["type"] = "org.tnrwatch.incident.amended.v1"
+    r = await intake.post("/v1/events", content=body(amended), headers=auth(keys.partner))
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == [{"id": "am-1", "incident_id": incident_id}]
+    [(_, internal)] = await records_for(intake_settings, {"am-1"})
+    assert internal.type == "org.tnrwatch.incident.amended.v1"
+    assert internal.data["facts"]["outcome"] == "released"
