@@ -190,15 +190,43 @@ async def rebuild(
         gc.unfreeze()
 
 
+class RebuildInProgress(Exception):
+    """Another rebuild holds the lock; two at once would drop each other's generation."""
+
+
+_REBUILD_LOCK = 0x746E7270  # "tnrp"
+
+
 async def _rebuild(
     settings: Settings, show_progress: bool, batch_records: int, swap_timeout: float, started: float
 ) -> RebuildReport:
     await ensure_topics(settings)
-    pool = await create_pool(settings.database_url, min_size=2, max_size=3)
+    pool = await create_pool(settings.database_url, min_size=2, max_size=4)
     try:
         await prepare_database(pool, COMPONENT, MIGRATIONS)
-        async with pool.acquire() as conn:
-            generation = await store.create_generation(conn)
+        async with pool.acquire() as lock:
+            # Session lock, held on this connection until the rebuild ends (or the process dies).
+            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", _REBUILD_LOCK):
+                raise RebuildInProgress("another `tnrwatch replay projections` is running")
+            try:
+                return await _build(pool, settings, show_progress, batch_records, swap_timeout, started)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock($1)", _REBUILD_LOCK)
+    finally:
+        await pool.close()
+
+
+async def _build(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    show_progress: bool,
+    batch_records: int,
+    swap_timeout: float,
+    started: float,
+) -> RebuildReport:
+    async with pool.acquire() as conn:
+        generation = await store.create_generation(conn)
+    try:
         consumer = make_consumer(
             settings.model_copy(update={"service_name": "projections-rebuild"}),
             group_id="projections-rebuild",  # never commits: partitions are assigned, not subscribed
@@ -211,8 +239,14 @@ async def _rebuild(
             report = await _run(pool, consumer, settings, generation, show_progress, batch_records, swap_timeout)
         finally:
             await consumer.stop()
-    finally:
-        await pool.close()
+    except BaseException:
+        # A half-built generation is never served; drop it now rather than at the next rebuild.
+        async with pool.acquire() as conn:
+            if await conn.fetchval(
+                "SELECT status = 'building' FROM projections_generations WHERE generation = $1", generation
+            ):
+                await store.drop_generation(conn, generation)
+        raise
     report.seconds = time.monotonic() - started
     return report
 
@@ -330,7 +364,11 @@ async def _swap(pool: asyncpg.Pool, reader: _Reader, generation: str, lock_wait:
 
 async def replay_projections(settings: Settings) -> int:
     """The ``tnrwatch replay projections`` entry point."""
-    report = await rebuild(settings)
+    try:
+        report = await rebuild(settings)
+    except RebuildInProgress as exc:
+        print(f"projections: not started: {exc}")
+        return 1
     print(
         f"projections: {report.generation} is live ({report.events} events in "
         f"{report.seconds:.1f}s, {report.rate:,.0f}/s; {report.skipped} undecodable records "

@@ -97,3 +97,34 @@ async def test_rebuild_while_reads_and_writes_continue(projections: Projections,
     totals = [t for _, t in seen]
     assert min(totals) >= SEEDED, "a reader saw a half-built model"
     assert totals == sorted(totals), "a reader saw the count go back"
+
+
+async def test_a_second_rebuild_at_the_same_time_is_refused(projections: Projections) -> None:
+    import asyncpg
+    import pytest
+
+    from services.projections.rebuild import _REBUILD_LOCK, RebuildInProgress, rebuild
+
+    before = await _status(projections)
+    holder = await asyncpg.connect(projections.settings.database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", _REBUILD_LOCK)  # as a running rebuild does
+        with pytest.raises(RebuildInProgress):
+            await rebuild(projections.settings, show_progress=False)
+    finally:
+        await holder.close()
+    after = await _status(projections)
+    assert after["generation"] == before["generation"]
+    generations = await _generations(projections)
+    assert all(status != "building" for status in generations.values())
+
+
+async def _generations(p: Projections) -> dict[str, str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(p.settings.database_url)
+    try:
+        rows = await conn.fetch("SELECT generation, status FROM projections_generations")
+    finally:
+        await conn.close()
+    return {r["generation"]: r["status"] for r in rows}
