@@ -10,6 +10,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.serialization import from_record
 from shared.settings import Settings
@@ -125,10 +129,14 @@ async def test_erasure_by_target_ref_and_its_refusals(intake: httpx.AsyncClient,
         assert r.status_code == 422, (data, r.text)
 
 
-async def test_no_identity_field_leaks_to_the_log_logs_answers_or_metrics(
+async def test_no_identity_field_leaks_to_the_log_logs_traces_answers_metrics_or_tables(
     intake: httpx.AsyncClient, keys: Keys, intake_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)  # intake installed the SDK at start-up
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     identity = {"name": "Person Upsilon Leakcheck", "name_zh": "泄漏检查", "birth_date": "1966-06-16"}
     needles = ["Upsilon", "Leakcheck", "泄漏检查", "1966-06-16"]
     answers: list[httpx.Response] = []
@@ -159,7 +167,14 @@ async def test_no_identity_field_leaks_to_the_log_logs_answers_or_metrics(
         "the service logs": caplog.text + json.dumps([r.getMessage() for r in caplog.records]),
         "the answers": "".join(a.text for a in answers),
         "the tables": await table_dump(intake_settings),
+        "the traces": json.dumps([
+            {"name": span.name, "attributes": dict(span.attributes or {}),
+             "events": [(e.name, dict(e.attributes or {})) for e in span.events]}
+            for span in spans.get_finished_spans()
+        ], default=str),
     }
+    assert spans.get_finished_spans()
+    spans.shutdown()  # the processor stays on the session's provider; it keeps nothing more
     for where, text in texts.items():
         for needle in needles:
             assert needle not in text, f"{needle!r} found in {where}"
