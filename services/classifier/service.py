@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
@@ -136,7 +136,11 @@ class ClassifierLoop:
                     except ProducerFenced:
                         log.error("another classifier took over transactional id %s", self.transactional_id)
                         raise
-                    except Exception:
+                    except Exception as exc:
+                        if isinstance(exc, BrokenExecutor):
+                            # A worker process died (e.g. out of memory): start fresh ones.
+                            self.executor.shutdown(wait=False, cancel_futures=True)
+                            self.executor = make_executor(self.workers)
                         aborts += 1
                         ABORTED.inc()
                         log.exception("batch aborted (%d in a row); re-reading from committed offsets", aborts)

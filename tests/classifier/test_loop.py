@@ -4,13 +4,15 @@ retractions, poison records, and an aborted batch re-read from the committed off
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka.errors import ProducerFenced
 
-from services.classifier.service import GROUP_ID, ClassifierLoop
+from services.classifier.service import ABORTED, GROUP_ID, ClassifierLoop
 from shared.events import EventType, IncidentClassified, IncidentRetracted
 from shared.kafka import ensure_topics, topics_for
 from shared.settings import Settings
@@ -170,3 +172,32 @@ async def test_a_second_instance_with_the_same_transactional_id_fences_the_first
 
 async def _committed_at_least(settings: Settings, n: int) -> bool:
     return len(await read_all(settings, topics_for(settings).classifications)) >= n
+
+
+async def test_a_worker_process_killed_mid_batch_loses_and_doubles_nothing(fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    await ensure_topics(settings)
+    topics = topics_for(settings)
+    incidents = [
+        recorded(f"w-{i}", narrative="Her parents were detained and she was followed.", target_ref=f"t{i % 7}")
+        for i in range(3000)
+    ]
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, i) for i in incidents])
+
+    loop = ClassifierLoop(settings, workers=2, max_records=500)
+    aborted_before = ABORTED._value.get()
+    async with running(loop):
+        async def a_worker() -> int | None:
+            executor = getattr(loop, "executor", None)
+            processes = list(getattr(executor, "_processes", None) or {})
+            return processes[0] if processes else None
+
+        victim = await wait_for(a_worker, timeout=60, interval=0.02, what="a worker process")
+        os.kill(victim, signal.SIGKILL)
+        await committed_outputs(settings, len(incidents))
+    out = decode(await read_all(settings, topics.classifications))
+
+    counts = Counter(d.incident.incident_id for _, d in out)
+    assert len(counts) == len(incidents) and set(counts.values()) == {1}
+    assert all(d.classification.ir_categories == ["IR1", "IR2"] for _, d in out)
+    assert ABORTED._value.get() > aborted_before, "the dead worker never failed a batch"
