@@ -382,7 +382,7 @@ async def accept(
             result.duplicates.append(entry)
     result.duplicates += [_entry(p) for p in repeated]
     if not todo and audit is not None:
-        await store.audit(ctx.pool, [audit])
+        await ctx.settle.submit([((), audit)])  # grouped with other requests' records
     EVENTS.labels("accepted").inc(len(result.accepted))
     EVENTS.labels("duplicate").inc(len(result.duplicates))
     return result

@@ -243,16 +243,3 @@ class AuditRecord:
     accepted: int = 0
     duplicates: int = 0
     detail: str | None = None
-
-
-async def audit(pool: asyncpg.Pool, records: Sequence[AuditRecord]) -> None:
-    await pool.executemany(
-        """INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
-                                     accepted, duplicates, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        [
-            (r.key_id, r.partner, r.action, r.mode, r.status, r.outcome, list(r.report_ids),
-             r.accepted, r.duplicates, r.detail)
-            for r in records
-        ],
-    )
