@@ -9,6 +9,9 @@ finds nothing new and emits nothing.
 from __future__ import annotations
 
 import hashlib
+import weakref
+from operator import attrgetter
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -34,7 +37,7 @@ class ActFact:
     status: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class IncidentSnapshot:
     """What the rules may see of one version of an incident (no personal data)."""
 
@@ -158,6 +161,8 @@ class FindingMemo:
 class KeyState:
     incidents: dict[str, IncidentSnapshot] = field(default_factory=dict)
     findings: dict[str, FindingMemo] = field(default_factory=dict)
+    # The engine's rows of these incidents in date order (a cache, never stored).
+    rows_cache: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,78 +220,111 @@ class _Row:
     when: date
     incident: IncidentSnapshot
     act_index: int  # -1 for an incident row
-    attrs: dict[str, str | None]
+    mask: int  # bit i set: leaf i of the rule set selects this row
+    matched: MatchedAct | None  # built once per act row: alerts quote it
+    values: dict[str, str | None]  # the attributes rules count distinct values of
 
 
-def _rows(state: KeyState, rules: RuleSet) -> list[_Row]:
-    rows: list[_Row] = []
-    for inc in state.incidents.values():
+class _Compiled:
+    """The rule set with every leaf numbered, so each row knows once which leaves select it."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.leaves: list[Leaf] = []
+        self.leaf_bits: dict[int, int] = {}  # id(leaf) -> bit
+        self.rule_mask: dict[str, int] = {}
+        for rule in rules.rules:
+            mask = 0
+            for leaf in leaves(rule.when):
+                bit = 1 << len(self.leaves)
+                self.leaves.append(leaf)
+                self.leaf_bits[id(leaf)] = bit
+                mask |= bit
+            self.rule_mask[rule.id] = mask
+        self.distinct = sorted({leaf.distinct for leaf in self.leaves if leaf.distinct})
+        self.kind_mask = {
+            kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds
+        }
+
+    def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
         base: dict[str, str | None] = {
             "incident_id": inc.incident_id, "target_ref": inc.target_ref, "partner": inc.partner,
             "country": inc.country, "city": inc.city, "place": inc.place,
             "nationality": inc.nationality, "group": inc.group,
             "status_abroad": inc.status_abroad, "outcome": inc.outcome,
         }
-        rows.append(_Row(inc.occurred_on, inc, -1, base))
+        rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), None, self._values(base))]
         for i, act in enumerate(inc.acts):
             attrs = dict(base)
             attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
-            for name, by_type in rules.derived.items():
+            for name, by_type in self.rules.derived.items():
                 attrs[name] = by_type.get(act.type)
-            rows.append(_Row(act.on, inc, i, attrs))
-    rows.sort(key=lambda r: (r.when, r.incident.incident_id, r.act_index))
-    return rows
+            matched = MatchedAct.model_construct(
+                incident_id=inc.incident_id, act_index=i, type=ActType(act.type), on=act.on, status=ActStatus(act.status)
+            )
+            rows.append(_Row(act.on, inc, i, self._mask(attrs, is_act=True), matched, self._values(attrs)))
+        return rows
+
+    def _values(self, attrs: dict[str, str | None]) -> dict[str, str | None]:
+        return {name: attrs.get(name) for name in self.distinct}
+
+    def _mask(self, attrs: dict[str, str | None], *, is_act: bool) -> int:
+        mask = 0
+        for n, leaf in enumerate(self.leaves):
+            if (leaf.scope == "acts") == is_act and all(f.accepts(attrs.get(f.attribute)) for f in leaf.filters):
+                mask |= 1 << n
+        return mask
+
+    def holds(self, cond: Condition, rows: Sequence[_Row]) -> list[_Row] | None:
+        """The rows that make ``cond`` hold among ``rows`` (the witness), or None."""
+        if isinstance(cond, Leaf):
+            bit = self.leaf_bits[id(cond)]
+            chosen = [r for r in rows if r.mask & bit]
+            if cond.distinct is not None:
+                name = cond.distinct
+                count = len({r.values[name] for r in chosen} - {None})
+            else:
+                count = len(chosen)
+            return chosen if count >= cond.at_least else None
+        results = [self.holds(part, rows) for part in cond.parts]
+        if isinstance(cond, AllOf):
+            if any(r is None for r in results):
+                return None
+            return [row for r in results if r is not None for row in r]
+        assert isinstance(cond, AnyOf)
+        held = [row for r in results if r is not None for row in r]
+        return held if any(r is not None for r in results) else None
+
+    def match(self, rule: Rule, rows: Sequence[_Row], focus: tuple[date, date] | None = None) -> list[_Row]:
+        """Every row that takes part in some window where the rule holds; empty when it does not.
+
+        ``focus``: only windows that contain a date in this range are tried (a new incident
+        cannot change windows it is not in)."""
+        mask = self.rule_mask[rule.id]
+        candidates = [r for r in rows if r.mask & mask]  # rows come in date order
+        if not candidates:
+            return []
+        if rule.window_days is None:
+            return self.holds(rule.when, candidates) or []
+        width = timedelta(days=rule.window_days)
+        dates = [r.when for r in candidates]
+        starts = sorted(set(dates))
+        if focus is not None:
+            starts = [d for d in starts if focus[0] - width <= d <= focus[1]]
+        witness: dict[int, _Row] = {}
+        for start in starts:
+            lo, hi = bisect_left(dates, start), bisect_right(dates, start + width)
+            found = self.holds(rule.when, candidates[lo:hi])
+            if found:
+                witness.update((id(r), r) for r in found)
+        return sorted(witness.values(), key=_order)
 
 
-def _selects(leaf: Leaf, row: _Row) -> bool:
-    if (leaf.scope == "acts") != (row.act_index >= 0):
-        return False
-    return all(f.accepts(row.attrs.get(f.attribute)) for f in leaf.filters)
+_WHEN = attrgetter("when")
 
 
-def _holds(cond: Condition, rows: Sequence[_Row], selected: dict[int, set[int]]) -> list[_Row] | None:
-    """The rows that make ``cond`` hold among ``rows`` (the witness), or None."""
-    if isinstance(cond, Leaf):
-        chosen = [r for r in rows if id(r) in selected[id(cond)]]
-        if cond.distinct is not None:
-            count = len({r.attrs.get(cond.distinct) for r in chosen} - {None})
-        else:
-            count = len(chosen)
-        return chosen if count >= cond.at_least else None
-    results = [_holds(part, rows, selected) for part in cond.parts]
-    if isinstance(cond, AllOf):
-        if any(r is None for r in results):
-            return None
-        return [row for r in results if r is not None for row in r]
-    assert isinstance(cond, AnyOf)
-    held = [row for r in results if r is not None for row in r]
-    return held if any(r is not None for r in results) else None
-
-
-def match_rule(rule: Rule, rows: Sequence[_Row]) -> list[_Row]:
-    """Every row that takes part in some window where the rule holds; empty when it does not."""
-    selected: dict[int, set[int]] = {}
-    candidates: list[_Row] = []
-    seen: set[int] = set()
-    for leaf in leaves(rule.when):
-        ids = {id(r) for r in rows if _selects(leaf, r)}
-        selected[id(leaf)] = ids
-        seen |= ids
-    candidates = [r for r in rows if id(r) in seen]  # still in date order
-    if not candidates:
-        return []
-    if rule.window_days is None:
-        return _holds(rule.when, candidates, selected) or []
-    width = timedelta(days=rule.window_days)
-    witness: dict[int, _Row] = {}
-    starts = sorted({r.when for r in candidates})
-    for start in starts:
-        end = start + width
-        window = [r for r in candidates if start <= r.when <= end]
-        found = _holds(rule.when, window, selected)
-        if found:
-            witness.update((id(r), r) for r in found)
-    return sorted(witness.values(), key=lambda r: (r.when, r.incident.incident_id, r.act_index))
+def _order(row: _Row) -> tuple[date, str, int]:
+    return row.when, row.incident.incident_id, row.act_index
 
 
 # --- Folding ---------------------------------------------------------------------------------
@@ -313,10 +351,26 @@ class Engine:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self._by_kind = {kind: rules.for_key(kind) for kind in rules.key_kinds}
+        self._compiled = _Compiled(rules)
+        # Rows per snapshot object, for as long as the snapshot lives (in a key's state).
+        self._rows: weakref.WeakKeyDictionary[IncidentSnapshot, list[_Row]] = weakref.WeakKeyDictionary()
+
+    def rows(self, incident: IncidentSnapshot) -> list[_Row]:
+        """An incident version's rows, computed once (snapshots are immutable)."""
+        cached = self._rows.get(incident)
+        if cached is None:
+            cached = self._rows[incident] = self._compiled.rows_of(incident)
+        return cached
 
     def keys_for(self, incident: IncidentSnapshot) -> list[str]:
+        """The keys an incident is filed under: only where some rule of that key can use it."""
         keys = []
+        mask = 0
+        for row in self.rows(incident):
+            mask |= row.mask
         for kind in self._by_kind:
+            if not mask & self._compiled.kind_mask[kind]:
+                continue
             value = incident.target_ref if kind == "target_ref" else incident.place
             if value:
                 keys.append(state_key(kind, value))
@@ -328,74 +382,137 @@ class Engine:
         """Apply ``change`` to ``state`` (not modified); return the new state and what changed."""
         kind, value = split_key(key)
         incidents = dict(state.incidents)
+        touched: list[_Row] = []
+        changed_id = change.incident.incident_id if isinstance(change, Upsert) else change.incident_id
+        before = state.incidents.get(changed_id)
+        if before is not None:
+            touched += self.rows(before)
         if isinstance(change, Upsert):
-            incidents[change.incident.incident_id] = change.incident
+            incidents[changed_id] = change.incident
+            touched += self.rows(change.incident)
         else:
-            incidents.pop(change.incident_id, None)
-        new = KeyState(incidents=incidents, findings=dict(state.findings))
+            incidents.pop(changed_id, None)
+        rows = self._sorted_rows(state)
+        if before is not None:
+            rows = [r for r in rows if r.incident is not before]
+        if isinstance(change, Upsert):
+            rows = list(rows) if before is None else rows
+            for row in self.rows(change.incident):
+                insort(rows, row, key=_WHEN)
+        new = KeyState(incidents=incidents, findings=dict(state.findings), rows_cache=rows)
+        touched_mask = 0
+        for row in touched:
+            touched_mask |= row.mask
+        # Only a brand-new incident is a pure addition: windows without it cannot change.
+        added = isinstance(change, Upsert) and before is None
+        focus = (min(r.when for r in touched), max(r.when for r in touched)) if added and touched else None
         evaluations = []
-        rows = _rows(new, self.rules)
         for rule in self._by_kind.get(kind, ()):
-            ev = self._evaluate(rule, kind, value, rows, change.cause)
-            before = state.findings.get(rule.id)
-            if ev is None:
-                if before is not None:
+            if not touched_mask & self._compiled.rule_mask[rule.id]:
+                continue  # the change has nothing this rule selects: its verdict stands
+            memo = state.findings.get(rule.id)
+            result = self._evaluate(rule, kind, value, rows, change.cause, focus, memo, incidents)
+            if result is None:
+                if memo is not None:
                     del new.findings[rule.id]
                     evaluations.append(
                         Evaluation(rule=rule.id, severity=rule.severity, key_kind=kind, key_value=value,
                                    fingerprint=fingerprint(rule.id, value), holds=False, cause=change.cause,
-                                   incident_ids=before.incident_ids)
+                                   incident_ids=memo.incident_ids)
                     )
                 continue
-            memo = FindingMemo(
-                incident_ids=ev.incident_ids,
-                acts=tuple((m.incident_id, m.act_index) for m in ev.matched_acts),
-                deadline=ev.deadline,
-            )
-            if memo != before:
-                new.findings[rule.id] = memo
+            found, ev = result
+            if ev is not None:
+                new.findings[rule.id] = found
                 evaluations.append(ev)
         if watermark is not None:
             self._expire(new, kind, watermark)
         return new, evaluations
 
-    def _evaluate(self, rule: Rule, kind: KeyKind, value: str, rows: Sequence[_Row], cause: Cause) -> Evaluation | None:
-        witness = match_rule(rule, rows)
+    def _witness(
+        self, rule: Rule, rows: Sequence[_Row], focus: tuple[date, date] | None, memo: FindingMemo | None,
+        incidents: dict[str, IncidentSnapshot],
+    ) -> list[_Row] | None:
+        """The rows that make the rule hold (empty: it does not); None: as in ``memo``."""
+        if focus is None or rule.window_days is None:
+            return self._compiled.match(rule, rows)
+        witness = self._compiled.match(rule, rows, focus)
+        if memo is None:
+            return witness
+        # Windows without the new incident are as they were: if none with it holds, or it
+        # adds nothing to the witness, the verdict stands.
+        keep_acts = set(memo.acts)
+        known = set(memo.incident_ids)
+        if all((r.incident.incident_id, r.act_index) in keep_acts
+               or (r.act_index < 0 and r.incident.incident_id in known) for r in witness):
+            return None
+        merged = {id(r): r for r in [*self._memo_rows(rule, memo, incidents), *witness]}
+        return sorted(merged.values(), key=_order)
+
+    def _memo_rows(self, rule: Rule, memo: FindingMemo, incidents: dict[str, IncidentSnapshot]) -> list[_Row]:
+        keep_acts = set(memo.acts)
+        mask = self._compiled.rule_mask[rule.id]
+        old = [
+            r for inc_id in memo.incident_ids if inc_id in incidents for r in self.rows(incidents[inc_id])
+            if r.mask & mask and ((inc_id, r.act_index) in keep_acts or r.act_index < 0)
+        ]
+        return sorted(old, key=_order)
+
+    def _evaluate(
+        self, rule: Rule, kind: KeyKind, value: str, rows: Sequence[_Row], cause: Cause,
+        focus: tuple[date, date] | None, memo: FindingMemo | None, incidents: dict[str, IncidentSnapshot],
+    ) -> tuple[FindingMemo, Evaluation | None] | None:
+        """None: the rule does not hold. Else the memo, and the evaluation if anything changed."""
+        witness = self._witness(rule, rows, focus, memo, incidents)
+        if witness is None:
+            assert memo is not None
+            return memo, None
         if not witness:
             return None
-        incidents = {r.incident.incident_id: r.incident for r in witness}
-        ordered = sorted(incidents.values(), key=lambda i: (i.received_at, i.incident_id))
-        matched = tuple(
-            MatchedAct(
-                incident_id=r.incident.incident_id, act_index=r.act_index,
-                type=ActType(r.incident.acts[r.act_index].type), on=r.when,
-                status=ActStatus(r.incident.acts[r.act_index].status),
-            )
-            for r in witness
-            if r.act_index >= 0
-        )
+        by_id = {r.incident.incident_id: r.incident for r in witness}
+        ordered = sorted(by_id.values(), key=lambda i: (i.received_at, i.incident_id))
         deadline, deadline_as_of = None, None
         if rule.deadline == "next_hearing_on":
             # The latest report that names a hearing wins: a new report moves the deadline.
             with_hearing = [i for i in ordered if i.next_hearing_on is not None]
             if with_hearing:
                 deadline, deadline_as_of = with_hearing[-1].next_hearing_on, with_hearing[-1].received_at
-        return Evaluation(
+        found = FindingMemo(
+            incident_ids=tuple(sorted(by_id)),
+            acts=tuple((r.incident.incident_id, r.act_index) for r in witness if r.act_index >= 0),
+            deadline=deadline,
+        )
+        if found == memo:
+            return found, None  # nothing new: skip building the evaluation
+        matched = tuple(r.matched for r in witness if r.matched is not None)
+        return found, Evaluation(
             rule=rule.id, severity=rule.severity, key_kind=kind, key_value=value,
             fingerprint=fingerprint(rule.id, value), holds=True, cause=cause,
-            incident_ids=tuple(sorted(incidents)), matched_acts=matched,
-            summary=_summary(rule, kind, value, matched, incidents.values(), deadline),
+            incident_ids=found.incident_ids, matched_acts=matched,
+            summary=_summary(rule, kind, value, matched, by_id.values(), deadline),
             deadline=deadline, deadline_as_of=deadline_as_of,
             first_received=ordered[0].received_at, last_received=ordered[-1].received_at,
         )
 
+    def _sorted_rows(self, state: KeyState) -> list[_Row]:
+        if state.rows_cache is None:
+            state.rows_cache = sorted((r for inc in state.incidents.values() for r in self.rows(inc)), key=_WHEN)
+        rows: list[_Row] = state.rows_cache
+        return rows
+
     def _expire(self, state: KeyState, kind: KeyKind, watermark: date) -> None:
         """Drop incidents no window can use any more, unless an alert still stands on them."""
         horizon = watermark - timedelta(days=self.rules.horizon_days(kind))
+        if state.rows_cache and state.rows_cache[0].when >= horizon:
+            return  # the oldest row is still usable, so is every incident
         kept = {i for memo in state.findings.values() for i in memo.incident_ids}
+        dropped = False
         for incident_id, incident in list(state.incidents.items()):
             if incident_id not in kept and incident.latest_date < horizon:
                 del state.incidents[incident_id]
+                dropped = True
+        if dropped and state.rows_cache is not None:
+            state.rows_cache = [r for r in state.rows_cache if r.incident.incident_id in state.incidents]
 
 
 def _summary(
