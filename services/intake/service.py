@@ -106,7 +106,7 @@ class IntakeContext:
     # seen again. An erasure in this process evicts the key; one in another process makes
     # identities sealed here meanwhile unreadable anyway (their key is destroyed).
     data_keys: DataKeyCache = field(default_factory=lambda: DataKeyCache(60.0))
-    claims: GroupCommitter[store.Claim, bool] = field(init=False)
+    claims: GroupCommitter[store.Claim, store.ClaimResult] = field(init=False)
     settle: GroupCommitter[store.Settlement, None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -327,16 +327,19 @@ async def accept(
         )
         for p in unique
     ]
-    made = await ctx.claims.submit(claims)
-    claimed = {(c.source, c.report_id) for c, ok in zip(claims, made, strict=True) if ok}
-    others = [p.key for p in unique if p.key not in claimed]
-    seen: dict[tuple[str, str], store.Existing] = {}
+    answers = await ctx.claims.submit(claims)
+    claimed = {(c.source, c.report_id) for c, a in zip(claims, answers, strict=True) if a.made}
+    # Accepted before: a duplicate at once. Anything else is being written by another request.
+    seen = {(c.source, c.report_id): a.seen for c, a in zip(claims, answers, strict=True)
+            if not a.made and a.seen is not None and a.seen.status == "accepted"}
+    others = [p.key for p in unique if p.key not in claimed and p.key not in seen]
     if others:
         try:
-            seen, taken = await _wait_for_others(ctx, others)
+            settled, taken = await _wait_for_others(ctx, others)
         except Problem:
             await store.release(ctx.pool, sorted(claimed), ctx.instance)
             raise
+        seen.update(settled)
         claimed |= taken
     todo = [p for p in unique if p.key in claimed]
     duplicates = len(unique) - len(todo) + len(repeated)

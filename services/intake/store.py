@@ -86,19 +86,35 @@ async def target_keys(
     return found
 
 
-async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> list[bool]:
-    """Claim reports not seen before; for each claim, whether this call made it (of two
-    claims of one (source, report_id) in one call, the first is the one made)."""
+@dataclass(frozen=True)
+class ClaimResult:
+    made: bool  # this call claimed the report: it is this request's to write
+    seen: Existing | None  # else the row found, when it was there before this statement
+
+
+async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> list[ClaimResult]:
+    """Claim reports not seen before, and return what was there for the others, in one
+    statement. Of two claims of one (source, report_id) in one call, the first is made."""
     if not claims:
         return []
     rows = await pool.fetch(
-        """INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type, partner,
-                                       event_id, identity_ciphertext, status, claimed_by, claimed_at)
-           SELECT s, r, i, t, e, p, v, c, 'sending', $9, now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::bytea[]) AS u(s, r, i, t, e, p, v, c)
-           ON CONFLICT (source, report_id) DO NOTHING
-           RETURNING source, report_id""",
+        """WITH input AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::text[], $8::bytea[])
+                        WITH ORDINALITY AS u(s, r, i, t, e, p, v, c, n)),
+           made AS (
+               INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type,
+                                           partner, event_id, identity_ciphertext, status,
+                                           claimed_by, claimed_at)
+               SELECT s, r, i, t, e, p, v, c, 'sending', $9, now() FROM input ORDER BY n
+               ON CONFLICT (source, report_id) DO NOTHING
+               RETURNING source, report_id)
+           SELECT input.n, made.source IS NOT NULL AS made, x.source, x.report_id, x.incident_id,
+                  x.status, x.claimed_by, x.claimed_at
+             FROM input
+             LEFT JOIN made ON made.source = input.s AND made.report_id = input.r
+             LEFT JOIN intake_reports x ON x.source = input.s AND x.report_id = input.r
+            ORDER BY input.n""",
         [c.source for c in claims],
         [c.report_id for c in claims],
         [c.incident_id for c in claims],
@@ -109,12 +125,17 @@ async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> l
         [c.identity_ciphertext for c in claims],
         instance,
     )
-    made = {(r["source"], r["report_id"]) for r in rows}
+    first: set[tuple[str, str]] = set()
     out = []
-    for c in claims:
+    for c, row in zip(claims, rows, strict=True):
         key = (c.source, c.report_id)
-        out.append(key in made)
-        made.discard(key)
+        made = bool(row["made"]) and key not in first
+        first.add(key)
+        seen = None
+        if row["status"] is not None:
+            seen = Existing(row["source"], row["report_id"], row["incident_id"], row["status"],
+                            row["claimed_by"], row["claimed_at"])
+        out.append(ClaimResult(made, seen))
     return out
 
 
