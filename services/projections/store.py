@@ -188,16 +188,18 @@ async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -
         # Mirrors folding.strip_confidential for what is already stored.
         await conn.execute(
             f"""UPDATE {schema}.incidents AS i SET
-                    report = jsonb_set(i.report #- '{{facts,narrative}}', '{{facts,sources}}', '[]'),
-                    classification = CASE WHEN i.classification IS NULL THEN NULL ELSE jsonb_set(
-                        i.classification, '{{evidence}}',
+                    report = CASE WHEN i.report IS NULL THEN NULL ELSE
+                        jsonb_set(i.report::jsonb #- '{{facts,narrative}}', '{{facts,sources}}', '[]')::json END,
+                    classified = CASE WHEN i.classified IS NULL THEN NULL ELSE jsonb_set(
+                        jsonb_set(i.classified::jsonb #- '{{incident,facts,narrative}}',
+                                  '{{incident,facts,sources}}', '[]'),
+                        '{{classification,evidence}}',
                         coalesce((SELECT jsonb_agg(e - 'span')
-                                    FROM jsonb_array_elements(i.classification->'evidence') e), '[]'))
-                    END,
+                                    FROM jsonb_array_elements(i.classified::jsonb->'classification'->'evidence') e),
+                                 '[]'))::json END,
                     updated_at = now()
                   FROM unnest($1::text[], $2::timestamptz[]) AS e(target_ref, erased_at)
-                 WHERE i.target_ref = e.target_ref AND i.report IS NOT NULL
-                   AND i.report_received_at <= e.erased_at""",
+                 WHERE i.target_ref = e.target_ref AND i.report_received_at <= e.erased_at""",
             refs,
             ats,
         )
@@ -224,14 +226,13 @@ async def _write_incidents(conn: asyncpg.Connection, schema: str, writes: list[I
     records = []
     for w in writes:
         columns, labels = w.report_columns, w.classification
-        same = w.report_in_classified and w.report_json is w.classified_json
         records.append(
             (
                 w.incident_id,
                 w.target_ref,
                 w.partner,
-                None if same else w.report_json,
-                w.report_in_classified,
+                None if w.report_in_classified else w.report_json,  # else it is classified->'incident'
+                w.report_in_classified if columns else None,
                 w.classified_json,
                 w.report_received_at,
                 w.classified_received_at,
@@ -259,42 +260,44 @@ async def _write_incidents(conn: asyncpg.Connection, schema: str, writes: list[I
     await conn.copy_records_to_table("projections_stage", records=records)
     await conn.execute(
         f"""INSERT INTO {schema}.incidents AS i
-               (incident_id, target_ref, partner, report, classification,
+               (incident_id, target_ref, partner, report, report_in_classified, classified,
                 report_received_at, classified_received_at, retracted, retraction_reason,
                 occurred_on, year, country, target_group, act_types,
                 pace_methods, ccdi_methods, persuasion_channels, ir_categories, classifier_version)
-            SELECT s.incident_id, s.target_ref, s.partner,
-                   CASE WHEN s.in_classified THEN coalesce(j.r, j.c)->'incident' ELSE j.r END,
-                   j.c->'classification',
-                   s.report_received_at, s.classified_received_at, s.retracted, s.retraction_reason,
-                   s.occurred_on, s.year, s.country, s.target_group, coalesce(s.act_types, '{{}}'),
-                   coalesce(s.pace_methods, '{{}}'), coalesce(s.ccdi_methods, '{{}}'),
+            SELECT s.incident_id, s.target_ref, s.partner, s.report::json, coalesce(s.in_classified, false),
+                   s.classified::json, s.report_received_at, s.classified_received_at, s.retracted,
+                   s.retraction_reason, s.occurred_on, s.year, s.country, s.target_group,
+                   coalesce(s.act_types, '{{}}'), coalesce(s.pace_methods, '{{}}'), coalesce(s.ccdi_methods, '{{}}'),
                    coalesce(s.persuasion_channels, '{{}}'), coalesce(s.ir_categories, '{{}}'),
                    s.classifier_version
-              FROM projections_stage s,
-                   LATERAL (SELECT s.report::jsonb AS r, s.classified::jsonb AS c) AS j
+              FROM projections_stage s
             ON CONFLICT (incident_id) DO UPDATE SET
                 target_ref = EXCLUDED.target_ref,
-                report = coalesce(EXCLUDED.report, i.report),
-                classification = coalesce(EXCLUDED.classification, i.classification),
                 report_received_at = EXCLUDED.report_received_at,
                 classified_received_at = EXCLUDED.classified_received_at,
                 retracted = EXCLUDED.retracted,
                 retraction_reason = EXCLUDED.retraction_reason,
-                occurred_on = CASE WHEN EXCLUDED.report IS NULL THEN i.occurred_on ELSE EXCLUDED.occurred_on END,
-                year = CASE WHEN EXCLUDED.report IS NULL THEN i.year ELSE EXCLUDED.year END,
-                country = CASE WHEN EXCLUDED.report IS NULL THEN i.country ELSE EXCLUDED.country END,
-                target_group = CASE WHEN EXCLUDED.report IS NULL THEN i.target_group ELSE EXCLUDED.target_group END,
-                act_types = CASE WHEN EXCLUDED.report IS NULL THEN i.act_types ELSE EXCLUDED.act_types END,
-                pace_methods = CASE WHEN EXCLUDED.classification IS NULL THEN i.pace_methods
+                -- occurred_on is set exactly when the batch changed the report (every report has
+                -- one); classified exactly when it changed the classification.
+                report = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.report ELSE EXCLUDED.report END,
+                report_in_classified = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.report_in_classified
+                                            ELSE EXCLUDED.report_in_classified END,
+                occurred_on = coalesce(EXCLUDED.occurred_on, i.occurred_on),
+                year = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.year ELSE EXCLUDED.year END,
+                country = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.country ELSE EXCLUDED.country END,
+                target_group = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.target_group
+                                    ELSE EXCLUDED.target_group END,
+                act_types = CASE WHEN EXCLUDED.occurred_on IS NULL THEN i.act_types ELSE EXCLUDED.act_types END,
+                classified = coalesce(EXCLUDED.classified, i.classified),
+                pace_methods = CASE WHEN EXCLUDED.classified IS NULL THEN i.pace_methods
                                     ELSE EXCLUDED.pace_methods END,
-                ccdi_methods = CASE WHEN EXCLUDED.classification IS NULL THEN i.ccdi_methods
+                ccdi_methods = CASE WHEN EXCLUDED.classified IS NULL THEN i.ccdi_methods
                                     ELSE EXCLUDED.ccdi_methods END,
-                persuasion_channels = CASE WHEN EXCLUDED.classification IS NULL THEN i.persuasion_channels
+                persuasion_channels = CASE WHEN EXCLUDED.classified IS NULL THEN i.persuasion_channels
                                            ELSE EXCLUDED.persuasion_channels END,
-                ir_categories = CASE WHEN EXCLUDED.classification IS NULL THEN i.ir_categories
+                ir_categories = CASE WHEN EXCLUDED.classified IS NULL THEN i.ir_categories
                                      ELSE EXCLUDED.ir_categories END,
-                classifier_version = CASE WHEN EXCLUDED.classification IS NULL THEN i.classifier_version
+                classifier_version = CASE WHEN EXCLUDED.classified IS NULL THEN i.classifier_version
                                           ELSE EXCLUDED.classifier_version END,
                 updated_at = now()"""
     )
@@ -320,13 +323,15 @@ async def progress(conn: asyncpg.Connection, generation: str) -> dict[str, Any]:
     return dict(row.items())
 
 
-_INCIDENT_COLUMNS = """incident_id, target_ref, partner, report, classification, retracted,
+_INCIDENT_COLUMNS = """incident_id, target_ref, partner, retracted,
+    CASE WHEN report_in_classified THEN classified->'incident' ELSE report END AS report,
+    classified->'classification' AS classification,
     occurred_on, country, target_group, act_types, pace_methods, ccdi_methods,
     persuasion_channels, ir_categories, classifier_version"""
 
 
 def _where(filters: IncidentFilters, params: list[Any], *, listing: bool = True) -> str:
-    clauses = ["i.report IS NOT NULL"]
+    clauses = ["i.occurred_on IS NOT NULL"]  # a report has been seen
     if not (listing and filters.include_retracted):
         clauses.append("NOT i.retracted")
 
@@ -403,7 +408,7 @@ async def target_incidents(
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"""SELECT {_INCIDENT_COLUMNS} FROM {_schema(generation)}.incidents i
-             WHERE i.target_ref = $1 AND i.report IS NOT NULL AND ($2 OR NOT i.retracted)
+             WHERE i.target_ref = $1 AND i.occurred_on IS NOT NULL AND ($2 OR NOT i.retracted)
              ORDER BY i.occurred_on, i.incident_id""",
         target_ref,
         include_retracted,

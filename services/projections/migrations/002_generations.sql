@@ -30,10 +30,14 @@ BEGIN
             incident_id             text PRIMARY KEY,
             target_ref              text NOT NULL,
             partner                 text NOT NULL,
-            -- IncidentRecorded as JSON (narrative and sources included: the API decides who
-            -- may see them) and the classification of the newest report seen.
-            report                  jsonb,
-            classification          jsonb,
+            -- The events' data as they came, in `json` (checked, not converted: converting to
+            -- jsonb was most of the cost of a replay). The current report is `report` (from
+            -- the log) or, when report_in_classified, the "incident" inside `classified`, the
+            -- IncidentClassified payload of the newest classification. Narrative and sources
+            -- are kept; the API decides who may see them.
+            report                  json,
+            report_in_classified    boolean NOT NULL DEFAULT false,
+            classified              json,
             report_received_at      timestamptz,
             classified_received_at  timestamptz,
             retracted               boolean NOT NULL DEFAULT false,
@@ -52,8 +56,7 @@ BEGIN
             classifier_version      text,
             updated_at              timestamptz NOT NULL DEFAULT now()
         -- Rows of a report and its classification run to 2-4 kB: keep them inline and
-        -- uncompressed instead of compressing each one on the way in (measured: the biggest
-        -- cost of a replay).
+        -- uncompressed rather than compress each one on the way in.
         ) WITH (toast_tuple_target = 8160);
         CREATE TABLE %1$I.alerts (
             fingerprint  text PRIMARY KEY,
