@@ -6,7 +6,8 @@ newest report it has seen, whatever order they came in. A re-classification of t
 report (a classifier replay with a new ``classifier_version``) replaces the old one.
 
 For speed the fold decides on the typed event but carries each event's data on as the JSON
-text it arrived in: nothing is re-serialised, PostgreSQL parses it once into ``jsonb``.
+text it arrived in: nothing is re-serialised, and PostgreSQL stores it as ``json`` (checked,
+not converted); the columns reads filter on are computed here from the typed events.
 """
 
 from __future__ import annotations
