@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from services.intake.main import PRODUCER_TUNING
 from shared.kafka import topics_for
 from shared.settings import Settings
 from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
@@ -127,7 +128,7 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
     finally:
         await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2)
+                                **PRODUCER_TUNING)  # the same batching as intake's producer
     await producer.start()
     try:
         await (await producer.send(topic, b"warm-up"))

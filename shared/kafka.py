@@ -52,16 +52,20 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-def make_producer(settings: Settings, *, transactional_id: str | None = None) -> AIOKafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+def make_producer(
+    settings: Settings, *, transactional_id: str | None = None, **tuning: Any
+) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all). ``tuning``
+    overrides batching options (``linger_ms``, ``max_batch_size``), never the guarantees."""
+    options: dict[str, Any] = {"linger_ms": 2, **tuning}
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=True,
         transactional_id=transactional_id,
-        linger_ms=2,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         client_id=settings.service_name,
+        **options,
     )
 
 
