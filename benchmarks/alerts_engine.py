@@ -21,6 +21,8 @@ from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
+from pydantic import BaseModel
+
 from services.alerts.engine import ActFact, Engine, IncidentSnapshot, KeyState, Upsert
 from services.alerts.lifecycle import AlertRecord, on_evaluation
 from services.alerts.main import COMPONENT, MIGRATIONS
@@ -39,9 +41,21 @@ from shared.events import (
 from tests.harness import drop_database, isolated_settings
 from tests.infra import start_infra
 
-ACTS = ["interpol_red_notice", "extradition_request", "family_threatened", "family_detained", "passport_cancelled",
-        "consular_service_denied", "online_threat", "surveillance_abroad", "overseas_police_station_contact",
-        "agent_approach_abroad", "detention_abroad", "assault", "kidnapping"]
+ACTS = [
+    "interpol_red_notice",
+    "extradition_request",
+    "family_threatened",
+    "family_detained",
+    "passport_cancelled",
+    "consular_service_denied",
+    "online_threat",
+    "surveillance_abroad",
+    "overseas_police_station_contact",
+    "agent_approach_abroad",
+    "detention_abroad",
+    "assault",
+    "kidnapping",
+]
 # 200 cities in 10 countries (overseas police stations were reported in ~100 cities), and
 # a third of the reports without a city.
 COUNTRIES = ["IT", "FR", "TR", "TH", "AE", "CA", "AU", "NL", "DE", "GB"]
@@ -53,19 +67,34 @@ def incident(rng: random.Random, n: int, target: int) -> IncidentRecorded:
     day = BASE + timedelta(days=rng.randrange(1500))
     place = rng.randrange(len(CITIES))
     country = COUNTRIES[place % len(COUNTRIES)]
-    acts = [{"type": rng.choice(ACTS), "on": (day + timedelta(days=rng.randrange(60))).isoformat(),
-             "status": rng.choice(["carried_out", "pending", "attempted"])} for _ in range(rng.randint(1, 3))]
+    acts = [
+        {
+            "type": rng.choice(ACTS),
+            "on": (day + timedelta(days=rng.randrange(60))).isoformat(),
+            "status": rng.choice(["carried_out", "pending", "attempted"]),
+        }
+        for _ in range(rng.randint(1, 3))
+    ]
     return IncidentRecorded(
-        incident_id=f"i{n}", target_ref=f"t{target:06d}", partner=rng.choice(["a", "b", "c"]),
-        source="urn:partner:bench", subject=f"s{n}", report_id=f"r{n}",
+        incident_id=f"i{n}",
+        target_ref=f"t{target:06d}",
+        partner=rng.choice(["a", "b", "c"]),
+        source="urn:partner:bench",
+        subject=f"s{n}",
+        report_id=f"r{n}",
         received_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n),
-        facts=IncidentFacts.model_validate({
-            "occurred_on": day.isoformat(), "date_precision": "day",
-            "location": {"country": country, **({"city": CITIES[place]} if CITIES[place] else {})},
-            "target": {"group": rng.choice(["uyghur", "unknown", "student"]),
-                       "status_abroad": rng.choice(["refugee", "unknown"])},
-            "acts": acts,
-        }),
+        facts=IncidentFacts.model_validate(
+            {
+                "occurred_on": day.isoformat(),
+                "date_precision": "day",
+                "location": {"country": country, **({"city": CITIES[place]} if CITIES[place] else {})},
+                "target": {
+                    "group": rng.choice(["uyghur", "unknown", "student"]),
+                    "status_abroad": rng.choice(["refugee", "unknown"]),
+                },
+                "acts": acts,
+            }
+        ),
     )
 
 
@@ -79,10 +108,22 @@ def seed_states(engine: Engine, targets: int, rng: random.Random) -> dict[str, K
             day = BASE + timedelta(days=rng.randrange(1500))
             place = rng.randrange(len(CITIES))
             snap = replace(
-                template, incident_id=f"seed{n}", target_ref=f"t{t:06d}", partner=rng.choice(["a", "b", "c"]),
-                occurred_on=day, country=COUNTRIES[place % len(COUNTRIES)], city=CITIES[place],
-                acts=tuple(ActFact(rng.choice(ACTS), day + timedelta(days=rng.randrange(60)), "unknown",
-                                   rng.choice(["carried_out", "pending", "attempted"])) for _ in range(rng.randint(1, 3))),
+                template,
+                incident_id=f"seed{n}",
+                target_ref=f"t{t:06d}",
+                partner=rng.choice(["a", "b", "c"]),
+                occurred_on=day,
+                country=COUNTRIES[place % len(COUNTRIES)],
+                city=CITIES[place],
+                acts=tuple(
+                    ActFact(
+                        rng.choice(ACTS),
+                        day + timedelta(days=rng.randrange(60)),
+                        "unknown",
+                        rng.choice(["carried_out", "pending", "attempted"]),
+                    )
+                    for _ in range(rng.randint(1, 3))
+                ),
             )
             n += 1
             for key in engine.keys_for(snap):
@@ -90,7 +131,9 @@ def seed_states(engine: Engine, targets: int, rng: random.Random) -> dict[str, K
     return states
 
 
-def run_pure(engine: Engine, states: dict[str, KeyState], events: list[IncidentSnapshot], *, json_roundtrip: bool) -> float:
+def run_pure(
+    engine: Engine, states: dict[str, KeyState], events: list[IncidentSnapshot], *, json_roundtrip: bool
+) -> float:
     alerts: dict[str, AlertRecord] = {}
     now = datetime.now(UTC)
     watermark: date | None = None
@@ -104,7 +147,9 @@ def run_pure(engine: Engine, states: dict[str, KeyState], events: list[IncidentS
             new, evaluations = engine.fold(key, state, Upsert(snap), watermark)
             states[key] = KeyState.from_json(new.to_json()) if json_roundtrip else new
             for ev in evaluations:
-                change = on_evaluation(alerts.get(ev.fingerprint), ev, new_alert_id=alert_id_for(ev.fingerprint), now=now)
+                change = on_evaluation(
+                    alerts.get(ev.fingerprint), ev, new_alert_id=alert_id_for(ev.fingerprint), now=now
+                )
                 if change is not None:
                     alerts[ev.fingerprint] = change.record
     return time.perf_counter() - started
@@ -119,20 +164,28 @@ async def run_db(targets: int, events: int, rng: random.Random) -> tuple[float, 
             await prepare_database(pool, COMPONENT, MIGRATIONS)
             engine = Engine(load_rules())
             states = seed_states(engine, targets, rng)
-            await pool.executemany("INSERT INTO rule_state (key, state) VALUES ($1, $2)",
-                                   [(k, s.to_json()) for k, s in states.items()])
+            await pool.executemany(
+                "INSERT INTO rule_state (key, state) VALUES ($1, $2)", [(k, s.to_json()) for k, s in states.items()]
+            )
             handler = AlertsHandler(engine, ReceiversConfig())
             envelope = CloudEvent(id="bench", source="urn:bench", type="org.tnrwatch.incident.classified.v1")
             classification = Classification(classifier_version="bench")
-            batch = [
-                Consumed("bench", 0, n, envelope, IncidentClassified(
-                    incident=incident(rng, 10_000_000 + n, rng.randrange(targets)), classification=classification))
+            batch: list[Consumed[BaseModel]] = [
+                Consumed(
+                    "bench",
+                    0,
+                    n,
+                    envelope,
+                    IncidentClassified(
+                        incident=incident(rng, 10_000_000 + n, rng.randrange(targets)), classification=classification
+                    ),
+                )
                 for n in range(events)
             ]
             started = time.perf_counter()
             for i in range(0, events, 1000):
                 async with pool.acquire() as conn, conn.transaction():
-                    await handler(conn, batch[i:i + 1000])
+                    await handler(conn, batch[i : i + 1000])
             elapsed = time.perf_counter() - started
             raised = await pool.fetchval("SELECT count(*) FROM alerts")
             return elapsed, raised
@@ -152,8 +205,10 @@ def main() -> None:
     seeded = time.perf_counter()
     states = seed_states(engine, args.targets, rng)
     print(f"seeded {len(states):,} target states in {time.perf_counter() - seeded:.1f}s")
-    events = [IncidentSnapshot.from_recorded(incident(rng, 5_000_000 + n, rng.randrange(args.targets)))
-              for n in range(args.events)]
+    events = [
+        IncidentSnapshot.from_recorded(incident(rng, 5_000_000 + n, rng.randrange(args.targets)))
+        for n in range(args.events)
+    ]
     rows = []
     pure = run_pure(engine, states, events, json_roundtrip=False)
     rows.append(("engine (pure)", args.events, pure))

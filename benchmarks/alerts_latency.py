@@ -32,10 +32,15 @@ SERVICES = ["intake", "classifier", "alerts", "projections"]
 
 def event(source: str, n: int, run: str) -> dict[str, object]:
     return {
-        "specversion": "1.0", "id": f"{run}-{n}", "source": source, "type": "org.tnrwatch.incident.reported.v1",
+        "specversion": "1.0",
+        "id": f"{run}-{n}",
+        "source": source,
+        "type": "org.tnrwatch.incident.reported.v1",
         "subject": f"LAT-{run}-{n}",
         "data": {
-            "occurred_on": "2024-06-01", "date_precision": "day", "location": {"country": "TH", "city": "Bangkok"},
+            "occurred_on": "2024-06-01",
+            "date_precision": "day",
+            "location": {"country": "TH", "city": "Bangkok"},
             "target": {"identity": {"name": f"Latency {run} {n}", "birth_date": "1990-01-01"}, "group": "dissident"},
             "acts": [{"type": "kidnapping", "on": "2024-06-01", "actor": "prc_mss", "status": "carried_out"}],
             "outcome": "disappeared",
@@ -46,13 +51,17 @@ def event(source: str, n: int, run: str) -> dict[str, object]:
 async def run(rate: float, seconds: float) -> None:
     with ExitStack() as stack:
         infra = start_infra(stack)
-        settings = await isolated_settings(infra.kafka_bootstrap, infra.database_url,
-                                           rate_limit_per_minute=1_000_000, log_level="WARNING")
-        key = await issue_key(settings, partner="bench", sources=["urn:partner:bench"],
-                              scopes=["events:write", "alerts:read"])
+        settings = await isolated_settings(
+            infra.kafka_bootstrap, infra.database_url, rate_limit_per_minute=1_000_000, log_level="WARNING"
+        )
+        key = await issue_key(
+            settings, partner="bench", sources=["urn:partner:bench"], scopes=["events:write", "alerts:read"]
+        )
         logs = Path(tempfile.mkdtemp(prefix="tnr-latency-"))
-        procs = {name: ServiceProcess(f"services.{name}.main", settings, free_port(), logs / f"{name}.log")
-                 for name in SERVICES}
+        procs = {
+            name: ServiceProcess(f"services.{name}.main", settings, free_port(), logs / f"{name}.log")
+            for name in SERVICES
+        }
         try:
             for proc in procs.values():
                 proc.start()
@@ -63,9 +72,10 @@ async def run(rate: float, seconds: float) -> None:
             connected = asyncio.Event()
 
             async def listen() -> None:
-                async with httpx.AsyncClient(timeout=None) as client, client.stream(
-                    "GET", procs["alerts"].url + "/v1/alerts/stream", headers=auth
-                ) as response:
+                async with (
+                    httpx.AsyncClient(timeout=None) as client,
+                    client.stream("GET", procs["alerts"].url + "/v1/alerts/stream", headers=auth) as response,
+                ):
                     async for line in response.aiter_lines():
                         if line.startswith(": connected"):
                             connected.set()
@@ -82,11 +92,15 @@ async def run(rate: float, seconds: float) -> None:
             failures = 0
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             async with httpx.AsyncClient(base_url=procs["intake"].url, timeout=30, limits=limits) as intake:
+
                 async def post(n: int, run_id: str) -> None:
                     nonlocal failures
                     started = time.perf_counter()
-                    r = await intake.post("/v1/events", json=event("urn:partner:bench", n, run_id),
-                                          headers={**auth, "content-type": "application/cloudevents+json"})
+                    r = await intake.post(
+                        "/v1/events",
+                        json=event("urn:partner:bench", n, run_id),
+                        headers={**auth, "content-type": "application/cloudevents+json"},
+                    )
                     if r.status_code != 202:
                         failures += 1
                         return
@@ -116,11 +130,15 @@ async def run(rate: float, seconds: float) -> None:
             def pct(p: float) -> float:
                 return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
 
-            print(f"\n{'rate (target)':>14}{'achieved':>10}{'reports':>9}{'alerts':>8}{'missing':>9}{'failed':>8}"
-                  f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}")
-            print(f"{rate:>14.0f}{achieved:>10.1f}{len(sent):>9}{len(latencies):>8}{missing:>9}{failures:>8}"
-                  f"{pct(50):>9.1f}{pct(90):>9.1f}{pct(99):>9.1f}{latencies[-1]:>9.1f}"
-                  f"{statistics.fmean(latencies):>9.1f}")
+            print(
+                f"\n{'rate (target)':>14}{'achieved':>10}{'reports':>9}{'alerts':>8}{'missing':>9}{'failed':>8}"
+                f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}"
+            )
+            print(
+                f"{rate:>14.0f}{achieved:>10.1f}{len(sent):>9}{len(latencies):>8}{missing:>9}{failures:>8}"
+                f"{pct(50):>9.1f}{pct(90):>9.1f}{pct(99):>9.1f}{latencies[-1]:>9.1f}"
+                f"{statistics.fmean(latencies):>9.1f}"
+            )
             print("target: p99 < 250 ms")
         finally:
             for proc in procs.values():

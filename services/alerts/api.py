@@ -67,8 +67,13 @@ async def get_alerts(
 ) -> dict[str, Any]:
     require(principal, Scope.ALERTS_READ)
     alerts = await store.list_alerts(
-        request.app.state.pool, status=status, severity=severity, target_ref=target_ref, rule=rule,
-        place=place, limit=limit,
+        request.app.state.pool,
+        status=status,
+        severity=severity,
+        target_ref=target_ref,
+        rule=rule,
+        place=place,
+        limit=limit,
     )
     return {"alerts": [a.to_api() for a in alerts]}
 
@@ -114,7 +119,8 @@ async def stream(
             hub.unsubscribe(queue)
 
     return StreamingResponse(
-        events(), media_type="text/event-stream",
+        events(),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
@@ -133,7 +139,9 @@ async def get_one(alert_id: str, request: Request, principal: Principal = Depend
     return alert.to_api()
 
 
-async def _transition(request: Request, alert_id: str, principal: Principal, body: Transition, action: str) -> dict[str, Any]:
+async def _transition(
+    request: Request, alert_id: str, principal: Principal, body: Transition, action: str
+) -> dict[str, Any]:
     require(principal, Scope.ALERTS_WRITE)
     pool: asyncpg.Pool = request.app.state.pool
     receivers: ReceiversConfig = request.app.state.receivers
@@ -153,28 +161,44 @@ async def _transition(request: Request, alert_id: str, principal: Principal, bod
 
 
 @router.post("/v1/alerts/{alert_id}/ack", tags=["alerts"], summary="Acknowledge an open alert")
-async def ack(alert_id: str, request: Request, body: Transition | None = None,
-              principal: Principal = Depends(authenticated)) -> dict[str, Any]:
+async def ack(
+    alert_id: str, request: Request, body: Transition | None = None, principal: Principal = Depends(authenticated)
+) -> dict[str, Any]:
     return await _transition(request, alert_id, principal, body or Transition(), "ack")
 
 
 @router.post("/v1/alerts/{alert_id}/resolve", tags=["alerts"], summary="Resolve an alert by hand")
-async def resolve_alert(alert_id: str, request: Request, body: Transition | None = None,
-                        principal: Principal = Depends(authenticated)) -> dict[str, Any]:
+async def resolve_alert(
+    alert_id: str, request: Request, body: Transition | None = None, principal: Principal = Depends(authenticated)
+) -> dict[str, Any]:
     return await _transition(request, alert_id, principal, body or Transition(), "resolve")
 
 
 @router.post("/v1/silences", tags=["silences"], status_code=201, summary="Mute notifications until a time")
-async def create_silence(body: SilenceRequest, request: Request, response: Response,
-                         principal: Principal = Depends(authenticated)) -> dict[str, Any]:
+async def create_silence(
+    body: SilenceRequest, request: Request, response: Response, principal: Principal = Depends(authenticated)
+) -> dict[str, Any]:
     require(principal, Scope.ALERTS_WRITE)
     if body.until <= datetime.now(UTC):
-        raise Problem(422, "Unprocessable Content", "The silence would already be over.",
-                      errors=[{"pointer": "/until", "detail": "must be in the future"}])
-    silence = await store.create_silence(request.app.state.pool, Silence(
-        silence_id=str(uuid.uuid4()), rule=body.rule, target_ref=body.target_ref, place=body.place,
-        ends_at=body.until, reason=body.reason, created_by=who(principal), created_at=datetime.now(UTC),
-    ))
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "The silence would already be over.",
+            errors=[{"pointer": "/until", "detail": "must be in the future"}],
+        )
+    silence = await store.create_silence(
+        request.app.state.pool,
+        Silence(
+            silence_id=str(uuid.uuid4()),
+            rule=body.rule,
+            target_ref=body.target_ref,
+            place=body.place,
+            ends_at=body.until,
+            reason=body.reason,
+            created_by=who(principal),
+            created_at=datetime.now(UTC),
+        ),
+    )
     response.headers["Location"] = f"/v1/silences/{silence.silence_id}"
     return silence.to_api()
 
@@ -191,4 +215,3 @@ async def delete_silence(silence_id: str, request: Request, principal: Principal
     if not await store.delete_silence(request.app.state.pool, silence_id, who(principal)):
         raise Problem(404, "Not Found", "No active silence with this id.")
     return Response(status_code=204)
-

@@ -71,19 +71,21 @@ def alertmanager_payload(receiver: str, rows: Sequence[dict[str, Any]], external
         }
         if alert.get("deadline"):
             annotations["deadline"] = alert["deadline"]
-        alerts.append({
-            "status": "resolved" if resolved else "firing",
-            "labels": labels,
-            "annotations": annotations,
-            "startsAt": alert["first_seen"],
-            "endsAt": alert.get("resolved_at") or ZERO_TIME if resolved else ZERO_TIME,
-            "generatorURL": f"{external_url}/v1/alerts/{alert['alert_id']}",
-            "fingerprint": alert["fingerprint"],
-        })
+        alerts.append(
+            {
+                "status": "resolved" if resolved else "firing",
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": alert["first_seen"],
+                "endsAt": alert.get("resolved_at") or ZERO_TIME if resolved else ZERO_TIME,
+                "generatorURL": f"{external_url}/v1/alerts/{alert['alert_id']}",
+                "fingerprint": alert["fingerprint"],
+            }
+        )
     first = alerts[0]
     return {
         "version": "4",
-        "groupKey": f"{{}}:{{fingerprint=\"{first['fingerprint']}\"}}",
+        "groupKey": f'{{}}:{{fingerprint="{first["fingerprint"]}"}}',
         "truncatedAlerts": 0,
         "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
         "receiver": receiver,
@@ -174,7 +176,8 @@ def kafka_sender(producer: AIOKafkaProducer, settings: Settings) -> Send:
             for row in rows:
                 payload = row["payload"]
                 event = new_event(
-                    EventType(payload["type"]), AlertChanged.model_validate(payload["data"]),
+                    EventType(payload["type"]),
+                    AlertChanged.model_validate(payload["data"]),
                     subject=payload["data"]["alert_id"],
                     event_id=str(uuid.uuid5(_EVENT_NAMESPACE, f"{row['fingerprint']}|{row['notify_key']}")),
                 )
@@ -233,8 +236,13 @@ class OutboxWorker:
                     conn, head["outbox_id"], self.receiver, exc.status_code, str(exc), elapsed, retry_in
                 )
                 DELIVERIES.labels(self.receiver, "failed").inc()
-                log.warning("delivery to %s failed (attempt %d): %s; retry in %.1fs",
-                            self.receiver, head["attempts"] + 1, exc, retry_in)
+                log.warning(
+                    "delivery to %s failed (attempt %d): %s; retry in %.1fs",
+                    self.receiver,
+                    head["attempts"] + 1,
+                    exc,
+                    retry_in,
+                )
                 return min(retry_in, 5.0)
             elapsed = (time.perf_counter() - started) * 1000
             await store.mark_delivered(conn, [r["outbox_id"] for r in rows], self.receiver, status, elapsed)
@@ -302,7 +310,10 @@ class ChangeHub:
 
 
 def workers_for(
-    pool: asyncpg.Pool, receivers: ReceiversConfig, producer: AIOKafkaProducer, settings: Settings,
+    pool: asyncpg.Pool,
+    receivers: ReceiversConfig,
+    producer: AIOKafkaProducer,
+    settings: Settings,
     client: httpx.AsyncClient,
 ) -> list[OutboxWorker]:
     workers = [OutboxWorker(pool, KAFKA_RECEIVER, kafka_sender(producer, settings), receivers.backoff, batch=500)]

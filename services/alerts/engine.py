@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from operator import attrgetter
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from services.alerts.rules import AllOf, AnyOf, Condition, KeyKind, Leaf, Rule, RuleSet, leaves
@@ -72,8 +72,7 @@ class IncidentSnapshot:
             outcome=facts.outcome.value,
             next_hearing_on=facts.next_hearing_on,
             acts=tuple(
-                ActFact(a.type.value, a.on or facts.occurred_on, a.actor.value, a.status.value)
-                for a in facts.acts
+                ActFact(a.type.value, a.on or facts.occurred_on, a.actor.value, a.status.value) for a in facts.acts
             ),
         )
 
@@ -87,10 +86,17 @@ class IncidentSnapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "incident_id": self.incident_id, "target_ref": self.target_ref, "partner": self.partner,
-            "received_at": self.received_at.isoformat(), "occurred_on": self.occurred_on.isoformat(),
-            "country": self.country, "city": self.city, "nationality": self.nationality,
-            "group": self.group, "status_abroad": self.status_abroad, "outcome": self.outcome,
+            "incident_id": self.incident_id,
+            "target_ref": self.target_ref,
+            "partner": self.partner,
+            "received_at": self.received_at.isoformat(),
+            "occurred_on": self.occurred_on.isoformat(),
+            "country": self.country,
+            "city": self.city,
+            "nationality": self.nationality,
+            "group": self.group,
+            "status_abroad": self.status_abroad,
+            "outcome": self.outcome,
             "next_hearing_on": self.next_hearing_on.isoformat() if self.next_hearing_on else None,
             "acts": [[a.type, a.on.isoformat(), a.actor, a.status] for a in self.acts],
         }
@@ -99,11 +105,17 @@ class IncidentSnapshot:
     def from_json(cls, raw: dict[str, Any]) -> IncidentSnapshot:
         hearing = raw.get("next_hearing_on")
         return cls(
-            incident_id=raw["incident_id"], target_ref=raw["target_ref"], partner=raw["partner"],
+            incident_id=raw["incident_id"],
+            target_ref=raw["target_ref"],
+            partner=raw["partner"],
             received_at=datetime.fromisoformat(raw["received_at"]),
             occurred_on=date.fromisoformat(raw["occurred_on"]),
-            country=raw["country"], city=raw.get("city"), nationality=raw.get("nationality"),
-            group=raw["group"], status_abroad=raw["status_abroad"], outcome=raw["outcome"],
+            country=raw["country"],
+            city=raw.get("city"),
+            nationality=raw.get("nationality"),
+            group=raw["group"],
+            status_abroad=raw["status_abroad"],
+            outcome=raw["outcome"],
             next_hearing_on=date.fromisoformat(hearing) if hearing else None,
             acts=tuple(ActFact(t, date.fromisoformat(on), actor, st) for t, on, actor, st in raw["acts"]),
         )
@@ -242,16 +254,20 @@ class _Compiled:
                 mask |= bit
             self.rule_mask[rule.id] = mask
         self.distinct = sorted({leaf.distinct for leaf in self.leaves if leaf.distinct})
-        self.kind_mask = {
-            kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds
-        }
+        self.kind_mask = {kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds}
 
     def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
         base: dict[str, str | None] = {
-            "incident_id": inc.incident_id, "target_ref": inc.target_ref, "partner": inc.partner,
-            "country": inc.country, "city": inc.city, "place": inc.place,
-            "nationality": inc.nationality, "group": inc.group,
-            "status_abroad": inc.status_abroad, "outcome": inc.outcome,
+            "incident_id": inc.incident_id,
+            "target_ref": inc.target_ref,
+            "partner": inc.partner,
+            "country": inc.country,
+            "city": inc.city,
+            "place": inc.place,
+            "nationality": inc.nationality,
+            "group": inc.group,
+            "status_abroad": inc.status_abroad,
+            "outcome": inc.outcome,
         }
         rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), None, self._values(base))]
         for i, act in enumerate(inc.acts):
@@ -260,7 +276,11 @@ class _Compiled:
             for name, by_type in self.rules.derived.items():
                 attrs[name] = by_type.get(act.type)
             matched = MatchedAct.model_construct(
-                incident_id=inc.incident_id, act_index=i, type=ActType(act.type), on=act.on, status=ActStatus(act.status)
+                incident_id=inc.incident_id,
+                act_index=i,
+                type=ActType(act.type),
+                on=act.on,
+                status=ActStatus(act.status),
             )
             rows.append(_Row(act.on, inc, i, self._mask(attrs, is_act=True), matched, self._values(attrs)))
         return rows
@@ -416,9 +436,16 @@ class Engine:
                 if memo is not None:
                     del new.findings[rule.id]
                     evaluations.append(
-                        Evaluation(rule=rule.id, severity=rule.severity, key_kind=kind, key_value=value,
-                                   fingerprint=fingerprint(rule.id, value), holds=False, cause=change.cause,
-                                   incident_ids=memo.incident_ids)
+                        Evaluation(
+                            rule=rule.id,
+                            severity=rule.severity,
+                            key_kind=kind,
+                            key_value=value,
+                            fingerprint=fingerprint(rule.id, value),
+                            holds=False,
+                            cause=change.cause,
+                            incident_ids=memo.incident_ids,
+                        )
                     )
                 continue
             found, ev = result
@@ -430,7 +457,11 @@ class Engine:
         return new, evaluations
 
     def _witness(
-        self, rule: Rule, rows: Sequence[_Row], focus: tuple[date, date] | None, memo: FindingMemo | None,
+        self,
+        rule: Rule,
+        rows: Sequence[_Row],
+        focus: tuple[date, date] | None,
+        memo: FindingMemo | None,
         incidents: dict[str, IncidentSnapshot],
     ) -> list[_Row] | None:
         """The rows that make the rule hold (empty: it does not); None: as in ``memo``."""
@@ -443,8 +474,10 @@ class Engine:
         # adds nothing to the witness, the verdict stands.
         keep_acts = set(memo.acts)
         known = set(memo.incident_ids)
-        if all((r.incident.incident_id, r.act_index) in keep_acts
-               or (r.act_index < 0 and r.incident.incident_id in known) for r in witness):
+        if all(
+            (r.incident.incident_id, r.act_index) in keep_acts or (r.act_index < 0 and r.incident.incident_id in known)
+            for r in witness
+        ):
             return None
         merged = {id(r): r for r in [*self._memo_rows(rule, memo, incidents), *witness]}
         return sorted(merged.values(), key=_order)
@@ -453,14 +486,24 @@ class Engine:
         keep_acts = set(memo.acts)
         mask = self._compiled.rule_mask[rule.id]
         old = [
-            r for inc_id in memo.incident_ids if inc_id in incidents for r in self.rows(incidents[inc_id])
+            r
+            for inc_id in memo.incident_ids
+            if inc_id in incidents
+            for r in self.rows(incidents[inc_id])
             if r.mask & mask and ((inc_id, r.act_index) in keep_acts or r.act_index < 0)
         ]
         return sorted(old, key=_order)
 
     def _evaluate(
-        self, rule: Rule, kind: KeyKind, value: str, rows: Sequence[_Row], cause: Cause,
-        focus: tuple[date, date] | None, memo: FindingMemo | None, incidents: dict[str, IncidentSnapshot],
+        self,
+        rule: Rule,
+        kind: KeyKind,
+        value: str,
+        rows: Sequence[_Row],
+        cause: Cause,
+        focus: tuple[date, date] | None,
+        memo: FindingMemo | None,
+        incidents: dict[str, IncidentSnapshot],
     ) -> tuple[FindingMemo, Evaluation | None] | None:
         """None: the rule does not hold. Else the memo, and the evaluation if anything changed."""
         witness = self._witness(rule, rows, focus, memo, incidents)
@@ -486,12 +529,20 @@ class Engine:
             return found, None  # nothing new: skip building the evaluation
         matched = tuple(r.matched for r in witness if r.matched is not None)
         return found, Evaluation(
-            rule=rule.id, severity=rule.severity, key_kind=kind, key_value=value,
-            fingerprint=fingerprint(rule.id, value), holds=True, cause=cause,
-            incident_ids=found.incident_ids, matched_acts=matched,
+            rule=rule.id,
+            severity=rule.severity,
+            key_kind=kind,
+            key_value=value,
+            fingerprint=fingerprint(rule.id, value),
+            holds=True,
+            cause=cause,
+            incident_ids=found.incident_ids,
+            matched_acts=matched,
             summary=_summary(rule, kind, value, matched, by_id.values(), deadline),
-            deadline=deadline, deadline_as_of=deadline_as_of,
-            first_received=ordered[0].received_at, last_received=ordered[-1].received_at,
+            deadline=deadline,
+            deadline_as_of=deadline_as_of,
+            first_received=ordered[0].received_at,
+            last_received=ordered[-1].received_at,
         )
 
     def _sorted_rows(self, state: KeyState) -> list[_Row]:
@@ -516,8 +567,12 @@ class Engine:
 
 
 def _summary(
-    rule: Rule, kind: KeyKind, value: str, matched: Iterable[MatchedAct],
-    incidents: Iterable[IncidentSnapshot], deadline: date | None,
+    rule: Rule,
+    kind: KeyKind,
+    value: str,
+    matched: Iterable[MatchedAct],
+    incidents: Iterable[IncidentSnapshot],
+    deadline: date | None,
 ) -> str:
     acts = sorted({(m.on, m.type.value) for m in matched if m.on is not None})
     shown = ", ".join(f"{t} {on.isoformat()}" for on, t in acts[:8])

@@ -67,10 +67,19 @@ class AlertRecord:
 
     def to_event(self) -> AlertChanged:
         return AlertChanged(
-            alert_id=self.alert_id, fingerprint=self.fingerprint, rule=self.rule, severity=self.severity,
-            status=self.status, target_ref=self.target_ref, place=self.place,
-            incident_ids=list(self.incident_ids), matched_acts=list(self.matched_acts), summary=self.summary,
-            first_seen=self.first_seen, last_seen=self.last_seen, deadline=self.deadline,
+            alert_id=self.alert_id,
+            fingerprint=self.fingerprint,
+            rule=self.rule,
+            severity=self.severity,
+            status=self.status,
+            target_ref=self.target_ref,
+            place=self.place,
+            incident_ids=list(self.incident_ids),
+            matched_acts=list(self.matched_acts),
+            summary=self.summary,
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+            deadline=self.deadline,
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -78,9 +87,11 @@ class AlertRecord:
         body.update(
             revision=self.revision,
             acknowledged_at=self.acknowledged_at.isoformat() if self.acknowledged_at else None,
-            acknowledged_by=self.acknowledged_by, acknowledged_reason=self.acknowledged_reason,
+            acknowledged_by=self.acknowledged_by,
+            acknowledged_reason=self.acknowledged_reason,
             resolved_at=self.resolved_at.isoformat() if self.resolved_at else None,
-            resolved_by=self.resolved_by, resolved_reason=self.resolved_reason,
+            resolved_by=self.resolved_by,
+            resolved_reason=self.resolved_reason,
         )
         return body
 
@@ -98,17 +109,29 @@ def _merge_acts(old: tuple[MatchedAct, ...], new: tuple[MatchedAct, ...]) -> tup
     return tuple(sorted(by_key.values(), key=lambda m: (m.on or date.min, m.incident_id, m.act_index)))
 
 
-def on_evaluation(current: AlertRecord | None, ev: Evaluation, *, new_alert_id: str, now: datetime) -> AlertChange | None:
+def on_evaluation(
+    current: AlertRecord | None, ev: Evaluation, *, new_alert_id: str, now: datetime
+) -> AlertChange | None:
     """What a rule's new verdict does to the alert of its fingerprint (None: nothing)."""
     seen = ev.last_received or now
     if current is None:
         if not ev.holds:
             return None
         record = AlertRecord(
-            alert_id=new_alert_id, fingerprint=ev.fingerprint, rule=ev.rule, severity=ev.severity,
-            status=AlertStatus.OPEN, target_ref=ev.target_ref, place=ev.place,
-            incident_ids=ev.incident_ids, matched_acts=ev.matched_acts, summary=ev.summary,
-            first_seen=seen, last_seen=seen, deadline=ev.deadline, deadline_as_of=ev.deadline_as_of,
+            alert_id=new_alert_id,
+            fingerprint=ev.fingerprint,
+            rule=ev.rule,
+            severity=ev.severity,
+            status=AlertStatus.OPEN,
+            target_ref=ev.target_ref,
+            place=ev.place,
+            incident_ids=ev.incident_ids,
+            matched_acts=ev.matched_acts,
+            summary=ev.summary,
+            first_seen=seen,
+            last_seen=seen,
+            deadline=ev.deadline,
+            deadline_as_of=ev.deadline_as_of,
             updated_at=now,
         )
         return AlertChange(ChangeKind.RAISED, record, f"{record.epoch}:raised")
@@ -116,11 +139,19 @@ def on_evaluation(current: AlertRecord | None, ev: Evaluation, *, new_alert_id: 
     if not ev.holds:
         if current.status == AlertStatus.RESOLVED:
             return None
-        why = ("every incident it stood on was retracted" if ev.cause == Cause.RETRACTED
-               else "the rule no longer holds after an amendment")
+        why = (
+            "every incident it stood on was retracted"
+            if ev.cause == Cause.RETRACTED
+            else "the rule no longer holds after an amendment"
+        )
         record = replace(
-            current, status=AlertStatus.RESOLVED, resolved_at=now, resolved_by=ENGINE, resolved_reason=why,
-            revision=current.revision + 1, updated_at=now,
+            current,
+            status=AlertStatus.RESOLVED,
+            resolved_at=now,
+            resolved_by=ENGINE,
+            resolved_reason=why,
+            revision=current.revision + 1,
+            updated_at=now,
         )
         return AlertChange(ChangeKind.RESOLVED, record, f"{record.epoch}:resolved")
 
@@ -131,13 +162,24 @@ def on_evaluation(current: AlertRecord | None, ev: Evaluation, *, new_alert_id: 
             return None
         epoch = current.epoch + 1
         record = replace(
-            current, status=AlertStatus.OPEN, severity=ev.severity,
+            current,
+            status=AlertStatus.OPEN,
+            severity=ev.severity,
             incident_ids=tuple(sorted(set(current.incident_ids) | set(ev.incident_ids))),
-            matched_acts=_merge_acts(current.matched_acts, ev.matched_acts), summary=ev.summary,
-            last_seen=max(current.last_seen, seen), deadline=ev.deadline or current.deadline,
-            deadline_as_of=ev.deadline_as_of or current.deadline_as_of, epoch=epoch,
-            revision=current.revision + 1, acknowledged_at=None, acknowledged_by=None,
-            acknowledged_reason=None, resolved_at=None, resolved_by=None, resolved_reason=None, updated_at=now,
+            matched_acts=_merge_acts(current.matched_acts, ev.matched_acts),
+            summary=ev.summary,
+            last_seen=max(current.last_seen, seen),
+            deadline=ev.deadline or current.deadline,
+            deadline_as_of=ev.deadline_as_of or current.deadline_as_of,
+            epoch=epoch,
+            revision=current.revision + 1,
+            acknowledged_at=None,
+            acknowledged_by=None,
+            acknowledged_reason=None,
+            resolved_at=None,
+            resolved_by=None,
+            resolved_reason=None,
+            updated_at=now,
         )
         return AlertChange(ChangeKind.RAISED, record, f"{epoch}:raised")
 
@@ -154,13 +196,23 @@ def on_evaluation(current: AlertRecord | None, ev: Evaluation, *, new_alert_id: 
         deadline, deadline_as_of = ev.deadline, ev.deadline_as_of
     severity = ev.severity if SEVERITY_RANK[ev.severity] > SEVERITY_RANK[current.severity] else current.severity
     if (incident_ids, matched, deadline, severity) == (
-        current.incident_ids, current.matched_acts, current.deadline, current.severity
+        current.incident_ids,
+        current.matched_acts,
+        current.deadline,
+        current.severity,
     ):
         return None
     record = replace(
-        current, incident_ids=incident_ids, matched_acts=matched, summary=ev.summary, severity=severity,
-        deadline=deadline, deadline_as_of=deadline_as_of, last_seen=max(current.last_seen, seen),
-        revision=current.revision + 1, updated_at=now,
+        current,
+        incident_ids=incident_ids,
+        matched_acts=matched,
+        summary=ev.summary,
+        severity=severity,
+        deadline=deadline,
+        deadline_as_of=deadline_as_of,
+        last_seen=max(current.last_seen, seen),
+        revision=current.revision + 1,
+        updated_at=now,
     )
     notify = None
     if severity != current.severity or (deadline is not None and deadline != current.deadline):
@@ -172,8 +224,13 @@ def acknowledge(current: AlertRecord, *, who: str, why: str, now: datetime) -> A
     if current.status != AlertStatus.OPEN:
         raise LifecycleError(f"only an open alert can be acknowledged; this one is {current.status.value}")
     record = replace(
-        current, status=AlertStatus.ACKNOWLEDGED, acknowledged_at=now, acknowledged_by=who,
-        acknowledged_reason=why, revision=current.revision + 1, updated_at=now,
+        current,
+        status=AlertStatus.ACKNOWLEDGED,
+        acknowledged_at=now,
+        acknowledged_by=who,
+        acknowledged_reason=why,
+        revision=current.revision + 1,
+        updated_at=now,
     )
     return AlertChange(ChangeKind.UPDATED, record, None)
 
@@ -182,7 +239,12 @@ def resolve(current: AlertRecord, *, who: str, why: str, now: datetime) -> Alert
     if current.status == AlertStatus.RESOLVED:
         raise LifecycleError("the alert is already resolved")
     record = replace(
-        current, status=AlertStatus.RESOLVED, resolved_at=now, resolved_by=who, resolved_reason=why,
-        revision=current.revision + 1, updated_at=now,
+        current,
+        status=AlertStatus.RESOLVED,
+        resolved_at=now,
+        resolved_by=who,
+        resolved_reason=why,
+        revision=current.revision + 1,
+        updated_at=now,
     )
     return AlertChange(ChangeKind.RESOLVED, record, f"{record.epoch}:resolved")

@@ -109,7 +109,9 @@ def parse_receivers(raw: Any, source: str = "<receivers>") -> ReceiversConfig:
             problems.append(f"{where}.min_severity: unknown severity {severity!r}")
             severity = "info"
         common: dict[str, Any] = {
-            "name": name, "min_severity": AlertSeverity(severity), "rules": frozenset(item.get("rules") or []),
+            "name": name,
+            "min_severity": AlertSeverity(severity),
+            "rules": frozenset(item.get("rules") or []),
         }
         if kind == "webhook":
             url = item.get("url")
@@ -123,18 +125,26 @@ def parse_receivers(raw: Any, source: str = "<receivers>") -> ReceiversConfig:
             if not item.get("host") or not item.get("from") or not isinstance(to_list, list) or not to_list:
                 problems.append(f"{where}: an email receiver needs host, from and to")
                 continue
-            receivers.append(Receiver(
-                type="email", host=str(item["host"]), port=int(item.get("port", 25)),
-                starttls=bool(item.get("starttls", False)), username_env=item.get("username_env"),
-                password_env=item.get("password_env"), sender=str(item["from"]),
-                to=tuple(str(t) for t in to_list), **common,
-            ))
+            receivers.append(
+                Receiver(
+                    type="email",
+                    host=str(item["host"]),
+                    port=int(item.get("port", 25)),
+                    starttls=bool(item.get("starttls", False)),
+                    username_env=item.get("username_env"),
+                    password_env=item.get("password_env"),
+                    sender=str(item["from"]),
+                    to=tuple(str(t) for t in to_list),
+                    **common,
+                )
+            )
         else:
             problems.append(f"{where}.type: must be 'webhook' or 'email', got {kind!r}")
     if problems:
         raise ReceiversError(f"invalid receivers in {source}:\n" + "\n".join(f"  - {p}" for p in problems))
     return ReceiversConfig(
-        receivers=tuple(receivers), backoff=backoff,
+        receivers=tuple(receivers),
+        backoff=backoff,
         external_url=str(raw.get("external_url", "http://127.0.0.1:8083")),
     )
 

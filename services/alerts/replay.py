@@ -40,13 +40,17 @@ class ReplayResult:
 
 
 async def replay_rules(settings: Settings, *, progress: bool = True) -> ReplayResult:
-    handler = AlertsHandler(Engine(load_rules(settings.rules_file or None)), load_receivers(settings.receivers_file or None))
+    handler = AlertsHandler(
+        Engine(load_rules(settings.rules_file or None)), load_receivers(settings.receivers_file or None)
+    )
     await ensure_topics(settings)
     topic = topics_for(settings).classifications
     pool = await create_pool(settings.database_url, max_size=2)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
-        enable_auto_commit=False, client_id="alerts-replay",
+        bootstrap_servers=settings.kafka_bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id="alerts-replay",
     )
     result = ReplayResult()
     await consumer.start()
@@ -91,6 +95,8 @@ async def replay_rules(settings: Settings, *, progress: bool = True) -> ReplayRe
 
 async def replay_alerts(settings: Settings) -> int:
     result = await replay_rules(settings)
-    print(f"rebuilt the alert rule state: read {result.read} events, applied {result.applied}, "
-          f"skipped {result.skipped_poison} poison records (already dead-lettered)")
+    print(
+        f"rebuilt the alert rule state: read {result.read} events, applied {result.applied}, "
+        f"skipped {result.skipped_poison} poison records (already dead-lettered)"
+    )
     return 0

@@ -170,9 +170,7 @@ class _Parser:
                 rules.append(rule)
         if self.problems:
             return None
-        return RuleSet(
-            version=1, allowed_lateness_days=lateness, rules=tuple(rules), derived=self.derived
-        )
+        return RuleSet(version=1, allowed_lateness_days=lateness, rules=tuple(rules), derived=self.derived)
 
     def _parse_sets(self, raw: Any) -> None:
         if not isinstance(raw, dict):
@@ -268,8 +266,13 @@ class _Parser:
             return None
         assert isinstance(severity, str) and isinstance(summary, str) and key in KEY_KINDS
         return Rule(
-            id=rule_id, severity=AlertSeverity(severity), key=key, window_days=window,
-            summary=summary.strip(), when=when, deadline=deadline,
+            id=rule_id,
+            severity=AlertSeverity(severity),
+            key=key,
+            window_days=window,
+            summary=summary.strip(),
+            when=when,
+            deadline=deadline,
         )
 
     def _condition(self, where: str, raw: Any) -> Condition | None:

@@ -49,8 +49,13 @@ def outgoing_for(change: AlertChange, receivers: ReceiversConfig, silenced: bool
     """Every change is published on the alerts topic; receivers hear of it only when it is
     worth notifying (raised, resolved, severity up, deadline new or moved) and not silenced."""
     record = change.record
-    out = [Outgoing(KAFKA_RECEIVER, f"rev:{record.revision}",
-                    {"type": change.kind.event_type.value, "data": record.to_event().model_dump(mode="json")})]
+    out = [
+        Outgoing(
+            KAFKA_RECEIVER,
+            f"rev:{record.revision}",
+            {"type": change.kind.event_type.value, "data": record.to_event().model_dump(mode="json")},
+        )
+    ]
     if change.notify_key is not None and not silenced:
         out.extend(
             Outgoing(r.name, change.notify_key, {"kind": change.kind.value, "alert": record.to_api()})
@@ -61,12 +66,17 @@ def outgoing_for(change: AlertChange, receivers: ReceiversConfig, silenced: bool
 
 
 async def commit_change(
-    conn: asyncpg.Connection, change: AlertChange, receivers: ReceiversConfig, silences: Sequence[Silence],
+    conn: asyncpg.Connection,
+    change: AlertChange,
+    receivers: ReceiversConfig,
+    silences: Sequence[Silence],
     now: datetime,
 ) -> int:
     r = change.record
     silenced = any(s.mutes(r.rule, r.target_ref, r.place, now) for s in silences)
-    change_id = await store.record_change(conn, change, silenced=silenced, outgoing=outgoing_for(change, receivers, silenced))
+    change_id = await store.record_change(
+        conn, change, silenced=silenced, outgoing=outgoing_for(change, receivers, silenced)
+    )
     ALERT_CHANGES.labels(r.rule, change.kind.value).inc()
     return change_id
 
@@ -85,7 +95,9 @@ class AlertsHandler:
             return
         ids = [v.incident.incident_id if isinstance(v, IncidentClassified) else v.incident_id for v in items]
         filings = await store.load_filings(conn, ids)
-        snapshots = {id(v): IncidentSnapshot.from_recorded(v.incident) for v in items if isinstance(v, IncidentClassified)}
+        snapshots = {
+            id(v): IncidentSnapshot.from_recorded(v.incident) for v in items if isinstance(v, IncidentClassified)
+        }
         wanted: set[str] = {k for f in filings.values() for k in f.keys}
         for snap in snapshots.values():
             wanted.update(self.engine.keys_for(snap))
@@ -143,4 +155,3 @@ class AlertsHandler:
             change_ids.append(await commit_change(conn, change, self.receivers, silences, now))
             log.info("alert %s %s (%s)", change.kind.value, change.record.alert_id, change.record.rule)
         await store.announce(conn, change_ids)
-

@@ -95,15 +95,29 @@ _ALERT_COLUMNS = (
 
 def _record(row: asyncpg.Record) -> AlertRecord:
     return AlertRecord(
-        alert_id=row["alert_id"], fingerprint=row["fingerprint"], rule=row["rule"],
-        severity=AlertSeverity(row["severity"]), status=AlertStatus(row["status"]),
-        target_ref=row["target_ref"], place=row["place"], incident_ids=tuple(row["incident_ids"]),
-        matched_acts=tuple(MatchedAct.model_validate(m) for m in row["matched_acts"]), summary=row["summary"],
-        first_seen=row["first_seen"], last_seen=row["last_seen"], deadline=row["deadline"],
-        deadline_as_of=row["deadline_as_of"], epoch=row["epoch"], revision=row["revision"],
-        acknowledged_at=row["acknowledged_at"], acknowledged_by=row["acknowledged_by"],
-        acknowledged_reason=row["acknowledged_reason"], resolved_at=row["resolved_at"],
-        resolved_by=row["resolved_by"], resolved_reason=row["resolved_reason"], updated_at=row["updated_at"],
+        alert_id=row["alert_id"],
+        fingerprint=row["fingerprint"],
+        rule=row["rule"],
+        severity=AlertSeverity(row["severity"]),
+        status=AlertStatus(row["status"]),
+        target_ref=row["target_ref"],
+        place=row["place"],
+        incident_ids=tuple(row["incident_ids"]),
+        matched_acts=tuple(MatchedAct.model_validate(m) for m in row["matched_acts"]),
+        summary=row["summary"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        deadline=row["deadline"],
+        deadline_as_of=row["deadline_as_of"],
+        epoch=row["epoch"],
+        revision=row["revision"],
+        acknowledged_at=row["acknowledged_at"],
+        acknowledged_by=row["acknowledged_by"],
+        acknowledged_reason=row["acknowledged_reason"],
+        resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"],
+        resolved_reason=row["resolved_reason"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -115,7 +129,9 @@ async def load_alerts(conn: asyncpg.Connection, fingerprints: Iterable[str]) -> 
     return {r["fingerprint"]: _record(r) for r in rows}
 
 
-async def get_alert(conn: asyncpg.Connection | asyncpg.Pool, alert_id: str, *, for_update: bool = False) -> AlertRecord | None:
+async def get_alert(
+    conn: asyncpg.Connection | asyncpg.Pool, alert_id: str, *, for_update: bool = False
+) -> AlertRecord | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE alert_id = $1{lock}", alert_id)
     return _record(row) if row else None
@@ -133,16 +149,40 @@ async def save_alert(conn: asyncpg.Connection, r: AlertRecord) -> None:
               acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_reason = EXCLUDED.acknowledged_reason,
               resolved_at = EXCLUDED.resolved_at, resolved_by = EXCLUDED.resolved_by,
               resolved_reason = EXCLUDED.resolved_reason, updated_at = now()""",
-        r.alert_id, r.fingerprint, r.rule, r.severity.value, r.status.value, r.target_ref, r.place,
-        list(r.incident_ids), [m.model_dump(mode="json") for m in r.matched_acts], r.summary,
-        r.first_seen, r.last_seen, r.deadline, r.deadline_as_of, r.epoch, r.revision, r.acknowledged_at,
-        r.acknowledged_by, r.acknowledged_reason, r.resolved_at, r.resolved_by, r.resolved_reason,
+        r.alert_id,
+        r.fingerprint,
+        r.rule,
+        r.severity.value,
+        r.status.value,
+        r.target_ref,
+        r.place,
+        list(r.incident_ids),
+        [m.model_dump(mode="json") for m in r.matched_acts],
+        r.summary,
+        r.first_seen,
+        r.last_seen,
+        r.deadline,
+        r.deadline_as_of,
+        r.epoch,
+        r.revision,
+        r.acknowledged_at,
+        r.acknowledged_by,
+        r.acknowledged_reason,
+        r.resolved_at,
+        r.resolved_by,
+        r.resolved_reason,
     )
 
 
 async def list_alerts(
-    pool: asyncpg.Pool, *, status: str | None, severity: str | None, target_ref: str | None,
-    rule: str | None = None, place: str | None = None, limit: int = 500,
+    pool: asyncpg.Pool,
+    *,
+    status: str | None,
+    severity: str | None,
+    target_ref: str | None,
+    rule: str | None = None,
+    place: str | None = None,
+    limit: int = 500,
 ) -> list[AlertRecord]:
     rows = await pool.fetch(
         f"""SELECT {_ALERT_COLUMNS} FROM alerts
@@ -150,7 +190,12 @@ async def list_alerts(
                AND ($3::text IS NULL OR target_ref = $3) AND ($4::text IS NULL OR rule = $4)
                AND ($5::text IS NULL OR place = $5)
              ORDER BY last_seen DESC, alert_id LIMIT $6""",
-        status, severity, target_ref, rule, place, limit,
+        status,
+        severity,
+        target_ref,
+        rule,
+        place,
+        limit,
     )
     return [_record(r) for r in rows]
 
@@ -173,15 +218,22 @@ async def record_change(
     change_id: int = await conn.fetchval(
         """INSERT INTO alert_changes (alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING change_id""",
-        change.record.alert_id, change.record.fingerprint, change.record.revision, change.kind.value,
-        change.notify_key, silenced, change.record.to_api(),
+        change.record.alert_id,
+        change.record.fingerprint,
+        change.record.revision,
+        change.kind.value,
+        change.notify_key,
+        silenced,
+        change.record.to_api(),
     )
     if outgoing:
         await conn.executemany(
             """INSERT INTO outbox (receiver, fingerprint, notify_key, payload) VALUES ($1, $2, $3, $4)
                ON CONFLICT (receiver, fingerprint, notify_key) DO NOTHING""",
-            [(o.receiver, change.record.fingerprint, o.notify_key, {**o.payload, "change_id": change_id})
-             for o in outgoing],
+            [
+                (o.receiver, change.record.fingerprint, o.notify_key, {**o.payload, "change_id": change_id})
+                for o in outgoing
+            ],
         )
     return change_id
 
@@ -193,17 +245,23 @@ async def announce(conn: asyncpg.Connection, change_ids: Sequence[int]) -> None:
 
 
 async def changes_between(conn: asyncpg.Connection | asyncpg.Pool, first: int, last: int) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        "SELECT change_id, kind, payload FROM alert_changes WHERE change_id BETWEEN $1 AND $2 ORDER BY change_id",
-        first, last,
-    ))
+    return list(
+        await conn.fetch(
+            "SELECT change_id, kind, payload FROM alert_changes WHERE change_id BETWEEN $1 AND $2 ORDER BY change_id",
+            first,
+            last,
+        )
+    )
 
 
 async def changes_after(conn: asyncpg.Connection | asyncpg.Pool, after: int, limit: int = 500) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        "SELECT change_id, kind, payload FROM alert_changes WHERE change_id > $1 ORDER BY change_id LIMIT $2",
-        after, limit,
-    ))
+    return list(
+        await conn.fetch(
+            "SELECT change_id, kind, payload FROM alert_changes WHERE change_id > $1 ORDER BY change_id LIMIT $2",
+            after,
+            limit,
+        )
+    )
 
 
 async def last_change_id(conn: asyncpg.Connection | asyncpg.Pool) -> int:
@@ -212,12 +270,15 @@ async def last_change_id(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 async def pending(conn: asyncpg.Connection, receiver: str, limit: int) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        """SELECT outbox_id, fingerprint, notify_key, payload, attempts, next_attempt_at, now() AS db_now
+    return list(
+        await conn.fetch(
+            """SELECT outbox_id, fingerprint, notify_key, payload, attempts, next_attempt_at, now() AS db_now
              FROM outbox WHERE receiver = $1 AND delivered_at IS NULL
             ORDER BY outbox_id LIMIT $2""",
-        receiver, limit,
-    ))
+            receiver,
+            limit,
+        )
+    )
 
 
 async def try_lock_receiver(conn: asyncpg.Connection, receiver: str) -> bool:
@@ -226,10 +287,12 @@ async def try_lock_receiver(conn: asyncpg.Connection, receiver: str) -> bool:
     return locked
 
 
-async def mark_delivered(conn: asyncpg.Connection, outbox_ids: Sequence[int], receiver: str,
-                         status_code: int | None, duration_ms: float) -> None:
+async def mark_delivered(
+    conn: asyncpg.Connection, outbox_ids: Sequence[int], receiver: str, status_code: int | None, duration_ms: float
+) -> None:
     await conn.execute(
-        "UPDATE outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL WHERE outbox_id = ANY($1::bigint[])",
+        """UPDATE outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL
+            WHERE outbox_id = ANY($1::bigint[])""",
         list(outbox_ids),
     )
     await conn.executemany(
@@ -239,17 +302,30 @@ async def mark_delivered(conn: asyncpg.Connection, outbox_ids: Sequence[int], re
     )
 
 
-async def mark_failed(conn: asyncpg.Connection, outbox_id: int, receiver: str, status_code: int | None,
-                      error: str, duration_ms: float, retry_in: float) -> None:
+async def mark_failed(
+    conn: asyncpg.Connection,
+    outbox_id: int,
+    receiver: str,
+    status_code: int | None,
+    error: str,
+    duration_ms: float,
+    retry_in: float,
+) -> None:
     await conn.execute(
         """UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                   next_attempt_at = now() + make_interval(secs => $3) WHERE outbox_id = $1""",
-        outbox_id, error[:1000], retry_in,
+        outbox_id,
+        error[:1000],
+        retry_in,
     )
     await conn.execute(
         """INSERT INTO delivery_attempts (outbox_id, receiver, ok, status_code, error, duration_ms)
            VALUES ($1, $2, false, $3, $4, $5)""",
-        outbox_id, receiver, status_code, error[:1000], duration_ms,
+        outbox_id,
+        receiver,
+        status_code,
+        error[:1000],
+        duration_ms,
     )
 
 
@@ -283,16 +359,27 @@ class Silence:
 
     def to_api(self) -> dict[str, Any]:
         return {
-            "silence_id": self.silence_id, "rule": self.rule, "target_ref": self.target_ref, "place": self.place,
-            "until": self.ends_at.isoformat(), "reason": self.reason, "created_by": self.created_by,
+            "silence_id": self.silence_id,
+            "rule": self.rule,
+            "target_ref": self.target_ref,
+            "place": self.place,
+            "until": self.ends_at.isoformat(),
+            "reason": self.reason,
+            "created_by": self.created_by,
             "created_at": self.created_at.isoformat(),
         }
 
 
 def _silence(row: asyncpg.Record) -> Silence:
     return Silence(
-        silence_id=row["silence_id"], rule=row["rule"], target_ref=row["target_ref"], place=row["place"],
-        ends_at=row["ends_at"], reason=row["reason"], created_by=row["created_by"], created_at=row["created_at"],
+        silence_id=row["silence_id"],
+        rule=row["rule"],
+        target_ref=row["target_ref"],
+        place=row["place"],
+        ends_at=row["ends_at"],
+        reason=row["reason"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
     )
 
 
@@ -305,7 +392,13 @@ async def create_silence(conn: asyncpg.Connection | asyncpg.Pool, s: Silence) ->
     row = await conn.fetchrow(
         """INSERT INTO silences (silence_id, rule, target_ref, place, ends_at, reason, created_by)
            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
-        s.silence_id, s.rule, s.target_ref, s.place, s.ends_at, s.reason, s.created_by,
+        s.silence_id,
+        s.rule,
+        s.target_ref,
+        s.place,
+        s.ends_at,
+        s.reason,
+        s.created_by,
     )
     return _silence(row)
 
@@ -313,7 +406,8 @@ async def create_silence(conn: asyncpg.Connection | asyncpg.Pool, s: Silence) ->
 async def delete_silence(conn: asyncpg.Connection | asyncpg.Pool, silence_id: str, who: str) -> bool:
     status: str = await conn.execute(
         "UPDATE silences SET deleted_at = now(), deleted_by = $2 WHERE silence_id = $1 AND deleted_at IS NULL",
-        silence_id, who,
+        silence_id,
+        who,
     )
     return status.endswith(" 1")
 

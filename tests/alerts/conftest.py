@@ -25,12 +25,21 @@ class AlertsWorld:
 
 
 async def partners(settings: Settings) -> tuple[Partner, Partner, Partner]:
-    a = Partner("partner-a", "urn:partner:a", await issue_key(
-        settings, partner="partner-a", sources=["urn:partner:a"], scopes=SCOPES))
-    b = Partner("partner-b", "urn:partner:b", await issue_key(
-        settings, partner="partner-b", sources=["urn:partner:b"], scopes=SCOPES))
-    reader = Partner("monitor-readonly", "urn:partner:readonly", await issue_key(
-        settings, partner="monitor-readonly", sources=["urn:partner:readonly"], scopes=["alerts:read"]))
+    a = Partner(
+        "partner-a",
+        "urn:partner:a",
+        await issue_key(settings, partner="partner-a", sources=["urn:partner:a"], scopes=SCOPES),
+    )
+    b = Partner(
+        "partner-b",
+        "urn:partner:b",
+        await issue_key(settings, partner="partner-b", sources=["urn:partner:b"], scopes=SCOPES),
+    )
+    reader = Partner(
+        "monitor-readonly",
+        "urn:partner:readonly",
+        await issue_key(settings, partner="monitor-readonly", sources=["urn:partner:readonly"], scopes=["alerts:read"]),
+    )
     return a, b, reader
 
 

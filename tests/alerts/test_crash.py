@@ -32,10 +32,14 @@ BATCH = {"content-type": "application/cloudevents-batch+json"}
 async def test_kill_9_mid_burst_loses_and_doubles_nothing(infra: Infra, tmp_path: Path) -> None:
     hook_port = free_port()
     receivers = tmp_path / "receivers.yaml"
-    receivers.write_text(yaml.safe_dump({
-        "delivery": {"backoff_initial_seconds": 0.2, "backoff_max_seconds": 1.0, "timeout_seconds": 2},
-        "receivers": [{"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}],
-    }))
+    receivers.write_text(
+        yaml.safe_dump(
+            {
+                "delivery": {"backoff_initial_seconds": 0.2, "backoff_max_seconds": 1.0, "timeout_seconds": 2},
+                "receivers": [{"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}],
+            }
+        )
+    )
     settings = await isolated_settings(infra.kafka_bootstrap, infra.database_url, receivers_file=str(receivers))
     a, _, _ = await partners(settings)
     receiver = WebhookReceiver()
@@ -50,13 +54,18 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(infra: Infra, tmp_path
         ):
             await alerts.wait_ready()
             events = [
-                {"specversion": "1.0", "id": str(uuid.uuid4()), "source": a.source,
-                 "type": "org.tnrwatch.incident.reported.v1", "subject": f"BURST-{n}",
-                 "data": report(person(f"Burst {n}"), [("forced_rendition", "2024-05-05", "carried_out")])}
+                {
+                    "specversion": "1.0",
+                    "id": str(uuid.uuid4()),
+                    "source": a.source,
+                    "type": "org.tnrwatch.incident.reported.v1",
+                    "subject": f"BURST-{n}",
+                    "data": report(person(f"Burst {n}"), [("forced_rendition", "2024-05-05", "carried_out")]),
+                }
                 for n in range(BURST)
             ]
             for start in range(0, BURST, 50):
-                r = await intake.post("/v1/events", json=events[start:start + 50], headers={**a.auth, **BATCH})
+                r = await intake.post("/v1/events", json=events[start : start + 50], headers={**a.auth, **BATCH})
                 assert r.status_code == 202, r.text
 
             await wait_for(lambda: _true(len(receiver.received) >= 20), timeout=90, what="the burst under way")
@@ -66,6 +75,7 @@ async def test_kill_9_mid_burst_loses_and_doubles_nothing(infra: Infra, tmp_path
             await alerts.wait_ready()
 
             async with httpx.AsyncClient(base_url=alerts.url, timeout=30) as client:
+
                 async def all_alerts() -> list[dict[str, object]] | None:
                     r = await client.get("/v1/alerts", params={"limit": "5000"}, headers=a.auth)
                     found = r.json()["alerts"]

@@ -28,7 +28,6 @@ from shared.serialization import from_record
 from shared.settings import Settings
 from tests.alerts.conftest import partners
 from tests.alerts.helpers import (
-    Partner,
     SseCollector,
     WebhookReceiver,
     person,
@@ -50,9 +49,19 @@ def smtp_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port = free_port()
     maildir = tmp_path / "maildir"
     process = subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Mailbox",
-         str(maildir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+            str(maildir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield port, maildir
@@ -62,14 +71,23 @@ def smtp_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.fixture
-async def delivery_settings(infra: Infra, tmp_path: Path, smtp_server: tuple[int, Path]) -> AsyncIterator[tuple[Settings, int]]:
+async def delivery_settings(
+    infra: Infra, tmp_path: Path, smtp_server: tuple[int, Path]
+) -> AsyncIterator[tuple[Settings, int]]:
     hook_port = free_port()
     receivers = {
         "delivery": {"backoff_initial_seconds": 0.2, "backoff_max_seconds": 1.0, "timeout_seconds": 2},
         "receivers": [
             {"name": "oncall-hook", "type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"},
-            {"name": "oncall-mail", "type": "email", "host": "127.0.0.1", "port": smtp_server[0],
-             "from": "alerts@tnrwatch.test", "to": ["oncall@tnrwatch.test"], "min_severity": "high"},
+            {
+                "name": "oncall-mail",
+                "type": "email",
+                "host": "127.0.0.1",
+                "port": smtp_server[0],
+                "from": "alerts@tnrwatch.test",
+                "to": ["oncall@tnrwatch.test"],
+                "min_severity": "high",
+            },
         ],
     }
     path = tmp_path / "receivers.yaml"
@@ -82,16 +100,19 @@ async def delivery_settings(infra: Infra, tmp_path: Path, smtp_server: tuple[int
 async def attempts(settings: Settings, receiver: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return list(await conn.fetch("SELECT ok, status_code, error FROM delivery_attempts WHERE receiver = $1", receiver))
+        return list(
+            await conn.fetch("SELECT ok, status_code, error FROM delivery_attempts WHERE receiver = $1", receiver)
+        )
     finally:
         await conn.close()
 
 
 async def alert_events(settings: Settings, fingerprints: set[str], expected: int) -> list[tuple[str, dict[str, Any]]]:
-    consumer = make_consumer(settings, topics_for(settings).alerts, group_id=None)
+    consumer = make_consumer(settings, topics_for(settings).alerts, group_id=None)  # type: ignore[arg-type]  # no group: read only
     await consumer.start()
     found: list[tuple[str, dict[str, Any]]] = []
     try:
+
         async def probe() -> bool:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
@@ -122,16 +143,23 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
         SseCollector(f"{alerts_url}/v1/alerts/stream", reader.auth) as sse,
     ):
         # Mobility traps are muted for now: still detected, not notified.
-        silence = await alerts.post("/v1/silences", headers=a.auth, json={
-            "rule": R6, "until": "2099-01-01T00:00:00Z", "reason": "handled by the documents desk"})
+        silence = await alerts.post(
+            "/v1/silences",
+            headers=a.auth,
+            json={"rule": R6, "until": "2099-01-01T00:00:00Z", "reason": "handled by the documents desk"},
+        )
         assert silence.status_code == 201, silence.text
 
         targets = [person(f"Delivered {n}") for n in range(3)]
-        taken = [await post(intake, a, report(t, [("kidnapping", f"2024-0{n + 1}-01", "carried_out")]))
-                 for n, t in enumerate(targets)]
+        taken = [
+            await post(intake, a, report(t, [("kidnapping", f"2024-0{n + 1}-01", "carried_out")]))
+            for n, t in enumerate(targets)
+        ]
         trapped = person("Trapped")
-        trap = [await post(intake, b, report(trapped, [("consular_service_denied", "2023-03-01", "carried_out")])),
-                await post(intake, b, report(trapped, [("passport_cancelled", "2023-01-01", "carried_out")]))]
+        trap = [
+            await post(intake, b, report(trapped, [("consular_service_denied", "2023-03-01", "carried_out")])),
+            await post(intake, b, report(trapped, [("passport_cancelled", "2023-01-01", "carried_out")])),
+        ]
         raised = [await wait_alert(alerts, a, R3, {i}) for i in taken]
         muted = await wait_alert(alerts, a, R6, set(trap))
         assert muted["status"] == "open"  # detection goes on under a silence
@@ -148,8 +176,9 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
             await wait_for(lambda: _true(receiver.refused >= 2), what="the receiver refusing")
             receiver.accepting = True
             await wait_for(lambda: _true(len(receiver.received) >= 3), what="the backlog delivered")
-            resolved = await alerts.post(f"/v1/alerts/{raised[0]['alert_id']}/resolve", json={"reason": "safe"},
-                                         headers=a.auth)
+            resolved = await alerts.post(
+                f"/v1/alerts/{raised[0]['alert_id']}/resolve", json={"reason": "safe"}, headers=a.auth
+            )
             assert resolved.status_code == 200
             await wait_for(lambda: _true(len(receiver.received) >= 4), what="the resolution delivered")
             await asyncio.sleep(1.5)  # room for any duplicate to show up
@@ -219,7 +248,8 @@ async def outbox_and_changes(settings: Settings) -> tuple[int, int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM outbox) AS o, (SELECT count(*) FROM alert_changes) AS c, "
-            "(SELECT count(*) FROM alerts) AS a")
+            "(SELECT count(*) FROM alerts) AS a"
+        )
         return row["o"], row["c"], row["a"]
     finally:
         await conn.close()

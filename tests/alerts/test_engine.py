@@ -26,16 +26,21 @@ RULES = load_rules()
 ALL_RULES = {r.id for r in RULES.rules}
 
 
-def snapshot(incident_id: str, data: dict[str, Any], *, partner: str = "A", minute: int = 0,
-             target_ref: str | None = None) -> IncidentSnapshot:
+def snapshot(
+    incident_id: str, data: dict[str, Any], *, partner: str = "A", minute: int = 0, target_ref: str | None = None
+) -> IncidentSnapshot:
     facts = dict(data)
     identity = facts.get("target", {}).get("identity")
     target = {k: v for k, v in facts.get("target", {}).items() if k != "identity"}
     facts["target"] = target
     ref = target_ref or (f"ref-{identity['name']}-{identity['birth_date']}" if identity else f"ref-{incident_id}")
     recorded = IncidentRecorded(
-        incident_id=incident_id, target_ref=ref, partner=partner, source=f"urn:partner:{partner}",
-        subject=incident_id, report_id=incident_id,
+        incident_id=incident_id,
+        target_ref=ref,
+        partner=partner,
+        source=f"urn:partner:{partner}",
+        subject=incident_id,
+        report_id=incident_id,
         received_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute),
         facts=IncidentFacts.model_validate(facts),
     )
@@ -55,7 +60,9 @@ class World:
 
     def apply(self, change: Upsert | Removal) -> list[Evaluation]:
         if isinstance(change, Upsert):
-            keys = sorted(set(self.engine.keys_for(change.incident)) | set(self.keys_of.get(change.incident.incident_id, [])))
+            keys = sorted(
+                set(self.engine.keys_for(change.incident)) | set(self.keys_of.get(change.incident.incident_id, []))
+            )
             self.keys_of[change.incident.incident_id] = keys
             latest = change.incident.latest_date
             self.watermark = latest if self.watermark is None else max(self.watermark, latest)
@@ -93,7 +100,8 @@ def test_sample_scenarios_fire_what_they_must(scenario: dict[str, Any]) -> None:
 
 def report(acts: list[tuple[str, str, str]], *, occurred_on: str | None = None, **extra: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "occurred_on": occurred_on or acts[0][1], "date_precision": "day",
+        "occurred_on": occurred_on or acts[0][1],
+        "date_precision": "day",
         "location": extra.pop("location", {"country": "TR"}),
         "target": extra.pop("target", {"group": "unknown", "status_abroad": "unknown"}),
         "acts": [{"type": t, "on": on, "status": st} for t, on, st in acts],
@@ -109,7 +117,9 @@ def test_r1_window_edge_is_inclusive_at_180_days_and_closed_at_181() -> None:
     assert "R1_extradition_with_family_pressure" in at_edge.firing()  # 180 days apart
 
     past_edge = World()
-    past_edge.apply(Upsert(snapshot("a", report([("interpol_red_notice", "2020-01-01", "carried_out")]), target_ref="t")))
+    past_edge.apply(
+        Upsert(snapshot("a", report([("interpol_red_notice", "2020-01-01", "carried_out")]), target_ref="t"))
+    )
     past_edge.apply(Upsert(snapshot("b", report([("family_threatened", "2020-06-30", "carried_out")]), target_ref="t")))
     assert "R1_extradition_with_family_pressure" not in past_edge.firing()  # 181 days
 
@@ -117,27 +127,81 @@ def test_r1_window_edge_is_inclusive_at_180_days_and_closed_at_181() -> None:
 def test_r2_blocked_detention_does_not_fire_and_deadline_follows_the_latest_report() -> None:
     refugee = {"group": "unknown", "status_abroad": "refugee"}
     blocked = World()
-    blocked.apply(Upsert(snapshot("a", report(
-        [("detention_abroad", "2025-03-03", "blocked"), ("extradition_request", "2025-03-05", "pending")],
-        target=refugee, next_hearing_on="2025-04-15"), target_ref="t")))
+    blocked.apply(
+        Upsert(
+            snapshot(
+                "a",
+                report(
+                    [("detention_abroad", "2025-03-03", "blocked"), ("extradition_request", "2025-03-05", "pending")],
+                    target=refugee,
+                    next_hearing_on="2025-04-15",
+                ),
+                target_ref="t",
+            )
+        )
+    )
     assert "R2_imminent_refoulement" not in blocked.firing()
 
     world = World()
-    (ev,) = [e for e in world.apply(Upsert(snapshot("a", report(
-        [("detention_abroad", "2025-03-03", "carried_out"), ("extradition_request", "2025-03-05", "pending")],
-        target=refugee, next_hearing_on="2025-04-15"), target_ref="t"))) if e.rule == "R2_imminent_refoulement"]
+    (ev,) = [
+        e
+        for e in world.apply(
+            Upsert(
+                snapshot(
+                    "a",
+                    report(
+                        [
+                            ("detention_abroad", "2025-03-03", "carried_out"),
+                            ("extradition_request", "2025-03-05", "pending"),
+                        ],
+                        target=refugee,
+                        next_hearing_on="2025-04-15",
+                    ),
+                    target_ref="t",
+                )
+            )
+        )
+        if e.rule == "R2_imminent_refoulement"
+    ]
     assert ev.deadline == date(2025, 4, 15)
-    moved = world.apply(Upsert(snapshot("a", report(
-        [("detention_abroad", "2025-03-03", "carried_out"), ("extradition_request", "2025-03-05", "pending")],
-        target=refugee, next_hearing_on="2025-05-02"), target_ref="t", minute=5), cause=Cause.AMENDED))
+    moved = world.apply(
+        Upsert(
+            snapshot(
+                "a",
+                report(
+                    [
+                        ("detention_abroad", "2025-03-03", "carried_out"),
+                        ("extradition_request", "2025-03-05", "pending"),
+                    ],
+                    target=refugee,
+                    next_hearing_on="2025-05-02",
+                ),
+                target_ref="t",
+                minute=5,
+            ),
+            cause=Cause.AMENDED,
+        )
+    )
     assert [e.deadline for e in moved if e.rule == "R2_imminent_refoulement"] == [date(2025, 5, 2)]
 
 
 def test_r2_needs_a_group_at_risk_or_protected_status() -> None:
     world = World()
-    world.apply(Upsert(snapshot("a", report(
-        [("detention_abroad", "2025-03-03", "carried_out"), ("extradition_request", "2025-03-05", "pending")],
-        target={"group": "fugitive_economic", "status_abroad": "visa_holder"}), target_ref="t")))
+    world.apply(
+        Upsert(
+            snapshot(
+                "a",
+                report(
+                    [
+                        ("detention_abroad", "2025-03-03", "carried_out"),
+                        ("extradition_request", "2025-03-05", "pending"),
+                    ],
+                    target={"group": "fugitive_economic", "status_abroad": "visa_holder"},
+                ),
+                target_ref="t",
+            )
+        )
+    )
     assert "R2_imminent_refoulement" not in world.firing()
 
 
@@ -154,21 +218,37 @@ def test_retraction_resolves_and_amendment_reevaluates() -> None:
     world.apply(Upsert(snapshot("b", report([("family_threatened", "2024-03-10", "carried_out")]), target_ref="t")))
     assert "R1_extradition_with_family_pressure" in world.firing()
     out = world.apply(Removal("b"))
-    assert [(e.rule, e.holds, e.cause) for e in out] == [("R1_extradition_with_family_pressure", False, Cause.RETRACTED)]
+    assert [(e.rule, e.holds, e.cause) for e in out] == [
+        ("R1_extradition_with_family_pressure", False, Cause.RETRACTED)
+    ]
 
     world.apply(Upsert(snapshot("c", report([("kidnapping", "2024-06-01", "carried_out")]), target_ref="t")))
     assert "R3_kidnapping_or_disappearance" in world.firing()
     # The partner corrects the act: it was an assault, not a kidnapping.
-    world.apply(Upsert(snapshot("c", report([("assault", "2024-06-01", "carried_out")]), target_ref="t", minute=9),
-                       cause=Cause.AMENDED))
+    world.apply(
+        Upsert(
+            snapshot("c", report([("assault", "2024-06-01", "carried_out")]), target_ref="t", minute=9),
+            cause=Cause.AMENDED,
+        )
+    )
     assert "R3_kidnapping_or_disappearance" not in world.firing()
 
 
 def test_r7_counts_distinct_targets_in_one_city_however_spelt() -> None:
     world = World()
     for n, city in enumerate(["Milan", " milan", "MILAN"]):
-        world.apply(Upsert(snapshot(f"i{n}", report([("overseas_police_station_contact", f"2023-0{n + 1}-10", "carried_out")],
-                                                    location={"country": "IT", "city": city}), target_ref=f"t{n}")))
+        world.apply(
+            Upsert(
+                snapshot(
+                    f"i{n}",
+                    report(
+                        [("overseas_police_station_contact", f"2023-0{n + 1}-10", "carried_out")],
+                        location={"country": "IT", "city": city},
+                    ),
+                    target_ref=f"t{n}",
+                )
+            )
+        )
     (ev,) = world.open.values()
     assert ev.rule == "R7_overseas_station_cluster" and ev.place == "IT/milan"
     assert set(ev.incident_ids) == {"i0", "i1", "i2"}
@@ -177,15 +257,29 @@ def test_r7_counts_distinct_targets_in_one_city_however_spelt() -> None:
 def test_r7_same_target_three_times_is_not_a_cluster() -> None:
     world = World()
     for n in range(3):
-        world.apply(Upsert(snapshot(f"i{n}", report([("agent_approach_abroad", f"2023-0{n + 1}-10", "carried_out")],
-                                                    location={"country": "IT", "city": "Milan"}), target_ref="same")))
+        world.apply(
+            Upsert(
+                snapshot(
+                    f"i{n}",
+                    report(
+                        [("agent_approach_abroad", f"2023-0{n + 1}-10", "carried_out")],
+                        location={"country": "IT", "city": "Milan"},
+                    ),
+                    target_ref="same",
+                )
+            )
+        )
     assert "R7_overseas_station_cluster" not in world.firing()
 
 
 def test_r8_needs_two_partners() -> None:
     world = World()
-    world.apply(Upsert(snapshot("a", report([("online_threat", "2022-01-01", "carried_out")]), partner="A", target_ref="t")))
-    world.apply(Upsert(snapshot("b", report([("online_threat", "2022-02-01", "carried_out")]), partner="A", target_ref="t")))
+    world.apply(
+        Upsert(snapshot("a", report([("online_threat", "2022-01-01", "carried_out")]), partner="A", target_ref="t"))
+    )
+    world.apply(
+        Upsert(snapshot("b", report([("online_threat", "2022-02-01", "carried_out")]), partner="A", target_ref="t"))
+    )
     assert "R8_cross_partner_corroboration" not in world.firing()
     world.apply(Upsert(snapshot("c", report([], occurred_on="2022-03-01"), partner="B", target_ref="t")))
     assert "R8_cross_partner_corroboration" in world.firing()
@@ -251,8 +345,20 @@ rules:
     when: {acts: {type: assault, status: {not: blocked}}, distinct: country, at_least: 2}
 """
     world = World(Engine(parse_rules(text)))
-    world.apply(Upsert(snapshot("a", report([("assault", "2024-01-01", "carried_out")], location={"country": "DE"}), target_ref="t")))
-    world.apply(Upsert(snapshot("b", report([("assault", "2024-01-20", "carried_out")], location={"country": "FR"}), target_ref="t")))
+    world.apply(
+        Upsert(
+            snapshot(
+                "a", report([("assault", "2024-01-01", "carried_out")], location={"country": "DE"}), target_ref="t"
+            )
+        )
+    )
+    world.apply(
+        Upsert(
+            snapshot(
+                "b", report([("assault", "2024-01-20", "carried_out")], location={"country": "FR"}), target_ref="t"
+            )
+        )
+    )
     assert world.firing() == {"R9_assault_in_two_countries"}
 
 

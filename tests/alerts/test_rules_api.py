@@ -45,8 +45,9 @@ async def post_scenario(world: AlertsWorld, name: str) -> list[str]:
 async def settled(world: AlertsWorld, partner: Partner, target: dict[str, Any]) -> None:
     """Post a far-away kidnapping for the target and wait for its R3: every earlier report of
     this target (same partition, in order) has then been through the rules."""
-    sentinel = await post(world.stack.intake, partner, report(target, [("kidnapping", "2012-01-01", "carried_out")],
-                                                             country="NO"))
+    sentinel = await post(
+        world.stack.intake, partner, report(target, [("kidnapping", "2012-01-01", "carried_out")], country="NO")
+    )
     await wait_alert(world.stack.alerts, partner, R3, {sentinel})
 
 
@@ -70,16 +71,30 @@ async def test_r1_fires_on_late_family_pressure_and_not_past_180_days(alerts_wor
     assert R1 not in await rules_over(w, miss)
 
 
-async def test_r2_fires_with_the_hearing_as_deadline_and_not_when_blocked_or_not_at_risk(alerts_world: AlertsWorld) -> None:
+async def test_r2_fires_with_the_hearing_as_deadline_and_not_when_blocked_or_not_at_risk(
+    alerts_world: AlertsWorld,
+) -> None:
     w = alerts_world
     fire = await post_scenario(w, "r2-refugee")
     blocked_target = person(unique("Blocked"), status_abroad="refugee")
-    blocked = await post(w.stack.intake, w.b, report(
-        blocked_target, [("extradition_request", "2025-03-05", "pending"), ("detention_abroad", "2025-03-03", "blocked")],
-        next_hearing_on="2025-04-15"))
+    blocked = await post(
+        w.stack.intake,
+        w.b,
+        report(
+            blocked_target,
+            [("extradition_request", "2025-03-05", "pending"), ("detention_abroad", "2025-03-03", "blocked")],
+            next_hearing_on="2025-04-15",
+        ),
+    )
     wrong_target = person(unique("NotAtRisk"), group="fugitive_economic", status_abroad="visa_holder")
-    wrong = await post(w.stack.intake, w.a, report(
-        wrong_target, [("detention_abroad", "2025-03-03", "carried_out"), ("extradition_request", "2025-03-05", "pending")]))
+    wrong = await post(
+        w.stack.intake,
+        w.a,
+        report(
+            wrong_target,
+            [("detention_abroad", "2025-03-03", "carried_out"), ("extradition_request", "2025-03-05", "pending")],
+        ),
+    )
     alert = await wait_alert(w.stack.alerts, w.a, R2, set(fire))
     assert alert["deadline"] == "2025-04-15" and alert["severity"] == "critical"
     await asyncio.gather(settled(w, w.b, blocked_target), settled(w, w.a, wrong_target))
@@ -104,7 +119,9 @@ async def test_r4_fires_across_two_countries_and_partners_and_not_120_days_apart
     far = person(unique("FarApart"))
     miss = [
         await post(w.stack.intake, w.a, report(far, [("detention_abroad", "2022-05-01", "carried_out")], country="EG")),
-        await post(w.stack.intake, w.a, report(far, [("interpol_red_notice", "2022-01-01", "carried_out")], country="AE")),
+        await post(
+            w.stack.intake, w.a, report(far, [("interpol_red_notice", "2022-01-01", "carried_out")], country="AE")
+        ),
     ]
     await wait_alert(w.stack.alerts, w.a, R4, set(fire))
     await wait_alert(w.stack.alerts, w.a, R8, set(fire))
@@ -112,7 +129,9 @@ async def test_r4_fires_across_two_countries_and_partners_and_not_120_days_apart
     assert R4 not in await rules_over(w, miss)
 
 
-async def test_r5_and_r6_fire_on_the_mobility_trap_and_not_on_one_channel_or_far_apart(alerts_world: AlertsWorld) -> None:
+async def test_r5_and_r6_fire_on_the_mobility_trap_and_not_on_one_channel_or_far_apart(
+    alerts_world: AlertsWorld,
+) -> None:
     w = alerts_world
     fire = await post_scenario(w, "r5-three-acts")
     two_acts = person(unique("TwoActs"))
@@ -168,7 +187,9 @@ async def test_retraction_resolves_the_alert_and_amendment_reevaluates(alerts_wo
     w = alerts_world
     taken = person(unique("Retracted"))
     subject = f"REF-{uuid.uuid4().hex[:8]}"
-    kidnapped = await post(w.stack.intake, w.a, report(taken, [("kidnapping", "2024-02-02", "carried_out")]), subject=subject)
+    kidnapped = await post(
+        w.stack.intake, w.a, report(taken, [("kidnapping", "2024-02-02", "carried_out")]), subject=subject
+    )
     await wait_alert(w.stack.alerts, w.a, R3, {kidnapped}, status="open")
     await post(w.stack.intake, w.a, {"reason": "duplicate of another report"}, subject=subject, kind="retracted")
     resolved = await wait_alert(w.stack.alerts, w.a, R3, {kidnapped}, status="resolved")
@@ -177,12 +198,21 @@ async def test_retraction_resolves_the_alert_and_amendment_reevaluates(alerts_wo
     pressed = person(unique("Amended"))
     family_subject = f"REF-{uuid.uuid4().hex[:8]}"
     request = await post(w.stack.intake, w.a, report(pressed, [("extradition_request", "2024-05-01", "pending")]))
-    family = await post(w.stack.intake, w.a, report(pressed, [("family_threatened", "2024-03-10", "carried_out")]),
-                        subject=family_subject)
+    family = await post(
+        w.stack.intake,
+        w.a,
+        report(pressed, [("family_threatened", "2024-03-10", "carried_out")]),
+        subject=family_subject,
+    )
     await wait_alert(w.stack.alerts, w.a, R1, {request, family}, status="open")
     # The partner corrects the date: the threat was two years earlier, outside the window.
-    await post(w.stack.intake, w.a, report(pressed, [("family_threatened", "2022-03-10", "carried_out")]),
-               subject=family_subject, kind="amended")
+    await post(
+        w.stack.intake,
+        w.a,
+        report(pressed, [("family_threatened", "2022-03-10", "carried_out")]),
+        subject=family_subject,
+        kind="amended",
+    )
     gone = await wait_alert(w.stack.alerts, w.a, R1, {request}, status="resolved")
     assert gone["resolved_by"] == "engine"
 
@@ -190,14 +220,18 @@ async def test_retraction_resolves_the_alert_and_amendment_reevaluates(alerts_wo
 async def test_ack_and_resolve_record_who_and_why_and_need_alerts_write(alerts_world: AlertsWorld) -> None:
     w = alerts_world
     target = person(unique("Acked"))
-    incident = await post(w.stack.intake, w.a, report(target, [("enforced_disappearance", "2024-04-04", "carried_out")]))
+    incident = await post(
+        w.stack.intake, w.a, report(target, [("enforced_disappearance", "2024-04-04", "carried_out")])
+    )
     alert = await wait_alert(w.stack.alerts, w.a, R3, {incident})
     api = w.stack.alerts
     denied = await api.post(f"/v1/alerts/{alert['alert_id']}/ack", json={"reason": "x"}, headers=w.reader.auth)
     assert denied.status_code == 403 and denied.headers["content-type"] == "application/problem+json"
     assert (await api.post(f"/v1/alerts/{alert['alert_id']}/ack", headers={})).status_code == 401
 
-    acked = await api.post(f"/v1/alerts/{alert['alert_id']}/ack", json={"reason": "calling the family"}, headers=w.b.auth)
+    acked = await api.post(
+        f"/v1/alerts/{alert['alert_id']}/ack", json={"reason": "calling the family"}, headers=w.b.auth
+    )
     assert acked.status_code == 200, acked.text
     body = acked.json()
     assert body["status"] == "acknowledged" and body["acknowledged_reason"] == "calling the family"
@@ -205,12 +239,16 @@ async def test_ack_and_resolve_record_who_and_why_and_need_alerts_write(alerts_w
     again = await api.post(f"/v1/alerts/{alert['alert_id']}/ack", json={"reason": "twice"}, headers=w.b.auth)
     assert again.status_code == 409
 
-    done = await api.post(f"/v1/alerts/{alert['alert_id']}/resolve", json={"reason": "person is safe"}, headers=w.a.auth)
+    done = await api.post(
+        f"/v1/alerts/{alert['alert_id']}/resolve", json={"reason": "person is safe"}, headers=w.a.auth
+    )
     assert done.status_code == 200 and done.json()["status"] == "resolved"
     assert done.json()["resolved_by"].startswith("partner-a/") and done.json()["resolved_reason"] == "person is safe"
     read = await api.get(f"/v1/alerts/{alert['alert_id']}", headers=w.reader.auth)
     assert read.status_code == 200 and read.json()["status"] == "resolved"
-    listed = await api.get("/v1/alerts", params={"status": "resolved", "target_ref": alert["target_ref"]}, headers=w.reader.auth)
+    listed = await api.get(
+        "/v1/alerts", params={"status": "resolved", "target_ref": alert["target_ref"]}, headers=w.reader.auth
+    )
     assert [a["alert_id"] for a in listed.json()["alerts"]] == [alert["alert_id"]]
     missing = await api.post("/v1/alerts/nope/ack", json={}, headers=w.a.auth)
     assert missing.status_code == 404
