@@ -6,7 +6,8 @@ Seeds N incidents (each reported on the log and classified: 2N events) on fresh 
 fresh database, then measures:
 
 - limit, Kafka: raw aiokafka consumption of the same topics, every record fetched, nothing decoded;
-- limit, COPY: a PostgreSQL COPY of the same rows (incident id, target, partner, the JSON)
+- limit, COPY: a PostgreSQL COPY of the same rows (record id, key, partner, the JSON as `json`,
+  as the read models store it)
   into a plain table;
 - replay: `tnrwatch replay projections` (decode, fold, batched writes into a new generation,
   index, swap).
@@ -46,7 +47,11 @@ async def seed(settings: Settings, incidents: int) -> float:
 async def raw_kafka(settings: Settings) -> tuple[int, float, list[tuple[str, str, str, bytes]]]:
     """Every record of the topics, fetched and kept as bytes; nothing decoded."""
     consumer = make_consumer(
-        settings, group_id="bench-raw", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20
+        settings,
+        group_id="bench-raw",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+        fetch_max_wait_ms=50,  # as the replay's consumer
     )
     await consumer.start()
     rows: list[tuple[str, str, str, bytes]] = []
@@ -57,27 +62,29 @@ async def raw_kafka(settings: Settings) -> tuple[int, float, list[tuple[str, str
         end = await consumer.end_offsets(partitions)
         started = time.monotonic()
         remaining = set(partitions)
-        count = 0
+        fetched = []
         while remaining:
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            batches = await consumer.getmany(timeout_ms=100, max_records=5000)
             for records in batches.values():
-                for r in records:
-                    rows.append((f"{r.topic}/{r.partition}/{r.offset}", (r.key or b"").decode(), "p", r.value))
-                count += len(records)
+                fetched.extend(records)
             remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-        return count, time.monotonic() - started, rows
+        seconds = time.monotonic() - started
+        for r in fetched:
+            rows.append((f"{r.topic}/{r.partition}/{r.offset}", (r.key or b"").decode(), "p", r.value))
+        return len(fetched), seconds, rows
     finally:
         await consumer.stop()
 
 
-async def copy_rows(settings: Settings, rows: list[tuple[str, str, str, bytes]]) -> float:
+async def copy_rows(settings: Settings, rows: list[tuple[str, str, str, bytes]], *, table: str) -> float:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        await conn.execute("CREATE TABLE bench_copy (incident_id text, target_ref text, partner text, report jsonb)")
-        started = time.monotonic()
-        # text COPY: PostgreSQL parses the JSON, as it must for the read models
+        await conn.execute(f"CREATE TABLE {table} (incident_id text, target_ref text, partner text, data json)")
+        # Text COPY (PostgreSQL checks the JSON, as it does for the read models); the buffer is
+        # built before the clock starts, so the limit is the database's work alone.
         data = "".join(f"{a}\t{b}\t{c}\t{v.decode().replace(chr(92), chr(92) * 2)}\n" for a, b, c, v in rows).encode()
-        await conn.copy_to_table("bench_copy", source=io.BytesIO(data), format="text")
+        started = time.monotonic()
+        await conn.copy_to_table(table, source=io.BytesIO(data), format="text")
         return time.monotonic() - started
     finally:
         await conn.close()
@@ -87,6 +94,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--incidents", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with ExitStack() as stack:
         infra = start_infra(stack)
@@ -97,22 +105,32 @@ async def main() -> None:
             await prepare_database(pool, "projections", MIGRATIONS)
             await pool.close()
             seeded = await seed(settings, args.incidents)
-            events, kafka_s, rows = await raw_kafka(settings)
-            copy_s = await copy_rows(settings, rows)
-            del rows
-            profiler = cProfile.Profile() if args.profile else None
-            if profiler:
-                profiler.enable()
-            report = await rebuild(settings, show_progress=False)
-            if profiler:
-                profiler.disable()
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+            # The machine is shared: every measure runs `--rounds` times, alternating, and the
+            # best of each counts.
+            kafka_s = copy_s = float("inf")
+            report = None
+            for round_ in range(args.rounds):
+                events, seconds, rows = await raw_kafka(settings)
+                kafka_s = min(kafka_s, seconds)
+                copy_s = min(copy_s, await copy_rows(settings, rows, table=f"bench_copy_{round_}"))
+                del rows
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler:
+                    profiler.enable()
+                attempt = await rebuild(settings, show_progress=False)
+                if profiler:
+                    profiler.disable()
+                    pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+                if report is None or attempt.seconds < report.seconds:
+                    report = attempt
+            assert report is not None
         finally:
             await drop_database(infra.database_url, settings)
     limit = events / (kafka_s + copy_s)
     replay_rate = report.events / report.seconds
     print(
         f"\nprojections replay: {events:,} events ({args.incidents:,} incidents reported + classified; "
+        f"best of {args.rounds} rounds; "
         f"seeded in {seeded:.1f}s)\n"
     )
     print(f"{'measure':<42}{'seconds':>10}{'events/s':>14}")
