@@ -208,7 +208,10 @@ def _record(event: CloudEvent, key: str, trace_headers: dict[str, str]) -> Kafka
     if "traceparent" not in partner_trace:
         return to_record(event, key=key, trace_headers=trace_headers)
     parent = propagate.extract(partner_trace)
-    with trace.get_tracer("tnrwatch.intake").start_as_current_span("intake publish", context=parent):
+    with trace.get_tracer("tnrwatch.kafka").start_as_current_span(
+        "send event", kind=trace.SpanKind.PRODUCER, context=parent,
+        attributes={"cloudevents.event_id": event.id},
+    ):
         return to_record(event, key=key, trace_headers=current_trace_headers())
 
 
@@ -262,12 +265,18 @@ async def _publish(
 ) -> list[BaseException | None]:
     """Write to the log and settle the claims; one result per event (None when acknowledged)."""
     started = time.monotonic()
-    trace_headers = current_trace_headers()  # the request's span: the same for every event
-    records = []
-    for p in todo:
-        assert p.target_ref is not None
-        records.append(_record(_internal_event(p, principal, received_at), p.target_ref, trace_headers))
-    results = await _send_each(ctx, records)
+    topic = ctx.incidents_topic
+    with trace.get_tracer("tnrwatch.kafka").start_as_current_span(
+        f"send {topic}", kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                    "messaging.batch.message_count": len(todo)},
+    ):
+        trace_headers = current_trace_headers()  # this span: the parent of every event's hops
+        records = []
+        for p in todo:
+            assert p.target_ref is not None
+            records.append(_record(_internal_event(p, principal, received_at), p.target_ref, trace_headers))
+        results = await _send_each(ctx, records)
     ok = [p for p, r in zip(todo, results, strict=True) if not isinstance(r, BaseException)]
     failed = [p.key for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
     outcome = results
