@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -275,30 +277,51 @@ async def _run(
         desc=f"replay projections → {generation}",
         disable=not show_progress,
     )
-    queue: asyncio.Queue[tuple[list[LogEvent], int, int] | None] = asyncio.Queue(maxsize=2)
+    dsn = settings.database_url
 
-    async def writer() -> None:
-        async with pool.acquire() as conn:
-            while (item := await queue.get()) is not None:
-                events, count, unchanged = item
-                t0 = time.monotonic()
-                async with conn.transaction():
-                    report.events += await apply_events(conn, generation, events, unchanged=unchanged)
-                report.timings["fold and write"] += time.monotonic() - t0
-                bar.update(count)
+    def writer(work: queue.Queue[tuple[list[LogEvent], int, int] | None], failed: list[BaseException]) -> None:
+        """Folds and writes in a thread of its own, with its own loop and connection: decoding
+        holds the interpreter for a whole batch at a time, and a writer sharing the reader's
+        loop could hand PostgreSQL its next statement only between batches."""
 
-    async def sink(events: list[LogEvent], count: int, unchanged: int) -> None:
-        await queue.put((events, count, unchanged))
+        async def write_all() -> None:
+            conn = await asyncpg.connect(dsn)  # writes text only: no JSON codecs needed
+            try:
+                while (item := work.get()) is not None:  # blocking: this loop serves no one else
+                    events, count, unchanged = item
+                    t0 = time.monotonic()
+                    async with conn.transaction():
+                        report.events += await apply_events(conn, generation, events, unchanged=unchanged)
+                    report.timings["fold and write"] += time.monotonic() - t0
+                    bar.update(count)
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(write_all())
+        except BaseException as exc:
+            failed.append(exc)
+            while work.get() is not None:  # unblock the reader until it stops
+                pass
 
     async def pass_until(stop_at: dict[TopicPartition, int]) -> None:
-        task = asyncio.create_task(writer())
+        work: queue.Queue[tuple[list[LogEvent], int, int] | None] = queue.Queue(maxsize=2)
+        failed: list[BaseException] = []
+        thread = threading.Thread(target=writer, args=(work, failed), name="projections-rebuild-writer")
+        thread.start()
+
+        async def sink(events: list[LogEvent], count: int, unchanged: int) -> None:
+            if failed:
+                raise failed[0]
+            await asyncio.to_thread(work.put, (events, count, unchanged))
+
         try:
             await reader.read_until(stop_at, sink, batch_records)
-            await queue.put(None)
-            await task
         finally:
-            if not task.done():
-                task.cancel()
+            await asyncio.to_thread(work.put, None)
+            await asyncio.to_thread(thread.join)
+        if failed:
+            raise failed[0]
 
     t0 = time.monotonic()
     # Classifications first: each carries its report, so the log's own copy of the report then
