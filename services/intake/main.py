@@ -30,8 +30,6 @@ DEFAULT_PORT = 8081
 # (fewer round trips to the broker, measured +25% events per CPU-second in batch mode); the
 # guarantees (acks=all, idempotence) are make_producer's and unchanged.
 PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 256 * 1024}
-LEAN_TELEMETRY: dict[str, Any] = {"tracing": True, "metrics": False, "logs": False,
-                                  "operation_spans": False}
 log = logging.getLogger(__name__)
 
 
@@ -102,11 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return [pool_check(lambda: getattr(getattr(app.state, "intake", None), "pool", None)), kafka]
 
     app = create_service_app(
-        title="tnrwatch intake", version="1", lifespan=lifespan, readiness=readiness,
-        # FastAPI's server span stays (the trace of every request starts there); its extra
-        # per-operation span, OTel metrics and logs bridge cost CPU on the hot path for nothing
-        # this service reads (Prometheus metrics are ours). benchmarks/intake_throughput.py.
-        telemetry=LEAN_TELEMETRY,
+        title="tnrwatch intake", version="1", lifespan=lifespan, readiness=readiness
     )
     app.include_router(router)
 
