@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.alerts import store
 from services.alerts.lifecycle import LifecycleError, acknowledge, resolve
 from services.alerts.receivers import ReceiversConfig
-from services.alerts.service import commit_change
+from services.alerts.service import commit_changes
 from services.alerts.store import Silence
 from shared.auth import Principal, principal_dependency, require
 from shared.problems import Problem
@@ -155,8 +155,7 @@ async def _transition(
             change = step(current, who=who(principal), why=body.reason, now=now)
         except LifecycleError as exc:
             raise Problem(409, "Conflict", str(exc)) from exc
-        change_id = await commit_change(conn, change, receivers, await store.active_silences(conn), now)
-        await store.announce(conn, [change_id])
+        await commit_changes(conn, [change], receivers, now)
     return change.record.to_api()
 
 

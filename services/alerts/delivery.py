@@ -301,8 +301,10 @@ class ChangeHub:
                     for queue in list(self.subscribers):
                         try:
                             queue.put_nowait(row)
-                        except asyncio.QueueFull:  # a stalled client: drop it, it can resume
-                            queue.put_nowait(None) if queue.empty() else None
+                        except asyncio.QueueFull:  # a stalled client: end its stream; it resumes with Last-Event-ID
+                            while not queue.empty():  # unsent rows are re-read on resume
+                                queue.get_nowait()
+                            queue.put_nowait(None)
                             self.subscribers.discard(queue)
         finally:
             self.connected.clear()

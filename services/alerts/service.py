@@ -65,20 +65,25 @@ def outgoing_for(change: AlertChange, receivers: ReceiversConfig, silenced: bool
     return out
 
 
-async def commit_change(
-    conn: asyncpg.Connection,
-    change: AlertChange,
-    receivers: ReceiversConfig,
-    silences: Sequence[Silence],
-    now: datetime,
-) -> int:
+def recorded(
+    change: AlertChange, receivers: ReceiversConfig, silences: Sequence[Silence], now: datetime
+) -> store.Recorded:
     r = change.record
     silenced = any(s.mutes(r.rule, r.target_ref, r.place, now) for s in silences)
-    change_id = await store.record_change(
-        conn, change, silenced=silenced, outgoing=outgoing_for(change, receivers, silenced)
-    )
     ALERT_CHANGES.labels(r.rule, change.kind.value).inc()
-    return change_id
+    return store.Recorded(change, silenced, outgoing_for(change, receivers, silenced))
+
+
+async def commit_changes(
+    conn: asyncpg.Connection, changes: Sequence[AlertChange], receivers: ReceiversConfig, now: datetime
+) -> list[int]:
+    """Record the changes (alerts, history, outbox) and announce them once committed."""
+    if not changes:
+        return []
+    silences = await store.active_silences(conn)
+    change_ids = await store.record_changes(conn, [recorded(c, receivers, silences, now) for c in changes])
+    await store.announce(conn, change_ids)
+    return change_ids
 
 
 class AlertsHandler:
@@ -145,13 +150,12 @@ class AlertsHandler:
 
     async def _alert(self, conn: asyncpg.Connection, evaluations: Sequence[Evaluation], now: datetime) -> None:
         alerts = await store.load_alerts(conn, {e.fingerprint for e in evaluations})
-        silences = await store.active_silences(conn)
-        change_ids = []
+        changes = []
         for ev in evaluations:
             change = on_evaluation(alerts.get(ev.fingerprint), ev, new_alert_id=alert_id_for(ev.fingerprint), now=now)
             if change is None:
                 continue
             alerts[ev.fingerprint] = change.record
-            change_ids.append(await commit_change(conn, change, self.receivers, silences, now))
+            changes.append(change)
             log.info("alert %s %s (%s)", change.kind.value, change.record.alert_id, change.record.rule)
-        await store.announce(conn, change_ids)
+        await commit_changes(conn, changes, self.receivers, now)

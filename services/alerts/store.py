@@ -137,18 +137,8 @@ async def get_alert(
     return _record(row) if row else None
 
 
-async def save_alert(conn: asyncpg.Connection, r: AlertRecord) -> None:
-    await conn.execute(
-        f"""INSERT INTO alerts ({_ALERT_COLUMNS})
-            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,now())
-            ON CONFLICT (alert_id) DO UPDATE SET
-              severity = EXCLUDED.severity, status = EXCLUDED.status, incident_ids = EXCLUDED.incident_ids,
-              matched_acts = EXCLUDED.matched_acts, summary = EXCLUDED.summary, first_seen = EXCLUDED.first_seen,
-              last_seen = EXCLUDED.last_seen, deadline = EXCLUDED.deadline, deadline_as_of = EXCLUDED.deadline_as_of,
-              epoch = EXCLUDED.epoch, revision = EXCLUDED.revision, acknowledged_at = EXCLUDED.acknowledged_at,
-              acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_reason = EXCLUDED.acknowledged_reason,
-              resolved_at = EXCLUDED.resolved_at, resolved_by = EXCLUDED.resolved_by,
-              resolved_reason = EXCLUDED.resolved_reason, updated_at = now()""",
+def _alert_row(r: AlertRecord) -> tuple[Any, ...]:
+    return (
         r.alert_id,
         r.fingerprint,
         r.rule,
@@ -171,6 +161,22 @@ async def save_alert(conn: asyncpg.Connection, r: AlertRecord) -> None:
         r.resolved_at,
         r.resolved_by,
         r.resolved_reason,
+    )
+
+
+async def save_alerts(conn: asyncpg.Connection, records: Sequence[AlertRecord]) -> None:
+    await conn.executemany(
+        f"""INSERT INTO alerts ({_ALERT_COLUMNS})
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,now())
+            ON CONFLICT (alert_id) DO UPDATE SET
+              severity = EXCLUDED.severity, status = EXCLUDED.status, incident_ids = EXCLUDED.incident_ids,
+              matched_acts = EXCLUDED.matched_acts, summary = EXCLUDED.summary, first_seen = EXCLUDED.first_seen,
+              last_seen = EXCLUDED.last_seen, deadline = EXCLUDED.deadline, deadline_as_of = EXCLUDED.deadline_as_of,
+              epoch = EXCLUDED.epoch, revision = EXCLUDED.revision, acknowledged_at = EXCLUDED.acknowledged_at,
+              acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_reason = EXCLUDED.acknowledged_reason,
+              resolved_at = EXCLUDED.resolved_at, resolved_by = EXCLUDED.resolved_by,
+              resolved_reason = EXCLUDED.resolved_reason, updated_at = now()""",
+        [_alert_row(r) for r in records],
     )
 
 
@@ -210,32 +216,56 @@ class Outgoing:
     payload: dict[str, Any]
 
 
-async def record_change(
-    conn: asyncpg.Connection, change: AlertChange, *, silenced: bool, outgoing: Sequence[Outgoing]
-) -> int:
-    """Save the alert, its history row and its outbox rows; returns the change id."""
-    await save_alert(conn, change.record)
-    change_id: int = await conn.fetchval(
-        """INSERT INTO alert_changes (alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING change_id""",
-        change.record.alert_id,
-        change.record.fingerprint,
-        change.record.revision,
-        change.kind.value,
-        change.notify_key,
-        silenced,
-        change.record.to_api(),
+@dataclass(frozen=True)
+class Recorded:
+    change: AlertChange
+    silenced: bool
+    outgoing: Sequence[Outgoing]
+
+
+async def record_changes(conn: asyncpg.Connection, items: Sequence[Recorded]) -> list[int]:
+    """Save the alerts (their latest state), the history rows and the outbox rows of a batch of
+    changes in a few round trips; returns the change ids in order."""
+    if not items:
+        return []
+    latest = {i.change.record.alert_id: i.change.record for i in items}
+    await save_alerts(conn, list(latest.values()))
+    change_ids: list[int] = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT nextval(pg_get_serial_sequence('alert_changes', 'change_id')) FROM generate_series(1, $1)",
+            len(items),
+        )
+    ]
+    await conn.executemany(
+        """INSERT INTO alert_changes (change_id, alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        [
+            (
+                cid,
+                i.change.record.alert_id,
+                i.change.record.fingerprint,
+                i.change.record.revision,
+                i.change.kind.value,
+                i.change.notify_key,
+                i.silenced,
+                i.change.record.to_api(),
+            )
+            for cid, i in zip(change_ids, items, strict=True)
+        ],
     )
-    if outgoing:
+    outbox = [
+        (o.receiver, i.change.record.fingerprint, o.notify_key, {**o.payload, "change_id": cid})
+        for cid, i in zip(change_ids, items, strict=True)
+        for o in i.outgoing
+    ]
+    if outbox:
         await conn.executemany(
             """INSERT INTO outbox (receiver, fingerprint, notify_key, payload) VALUES ($1, $2, $3, $4)
                ON CONFLICT (receiver, fingerprint, notify_key) DO NOTHING""",
-            [
-                (o.receiver, change.record.fingerprint, o.notify_key, {**o.payload, "change_id": change_id})
-                for o in outgoing
-            ],
+            outbox,
         )
-    return change_id
+    return change_ids
 
 
 async def announce(conn: asyncpg.Connection, change_ids: Sequence[int]) -> None:
