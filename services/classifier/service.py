@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
@@ -60,17 +61,32 @@ def instance_transactional_id(settings: Settings) -> str:
 
 
 class _HandOverAfterCommit(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions leave this instance only between transactions."""
+    """Partitions leave this instance only between transactions; every rebalance starts a new
+    generation, and a batch read in an older one is never committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
+    def __init__(self, loop: ClassifierLoop) -> None:
+        self.loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.lock:
-            pass
+        async with self.loop.lock:
+            self.loop.generation += 1
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        self.loop.generation += 1
+
+
+@dataclass
+class Prepared:
+    """A batch read and classified, not yet written: what one transaction will commit."""
+
+    generation: int
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    records: list[ConsumerRecord[bytes, bytes]]
+    outcomes: list[Outcome]
+
+
+class _StaleBatch(Exception):
+    """The batch was read before a rebalance: its partitions may have moved on."""
 
 
 class ClassifierLoop:
@@ -102,7 +118,8 @@ class ClassifierLoop:
         self.batches_committed = 0
         self.records_done = 0
         self._stopping = False
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
+        self.generation = 0
 
     @property
     def ready(self) -> bool:
@@ -114,41 +131,55 @@ class ClassifierLoop:
     async def run(self) -> None:
         settings = self.settings.model_copy(update={"service_name": "classifier"})
         self.consumer = consumer = make_consumer(settings, group_id=self.group_id)
-        consumer.subscribe([self.input_topic], listener=_HandOverAfterCommit(self._lock))
+        consumer.subscribe([self.input_topic], listener=_HandOverAfterCommit(self))
         # Starting the producer runs InitProducerId: it fences any older incarnation with the
         # same transactional_id and aborts the transaction that incarnation left open.
         self.producer = producer = make_producer(settings, transactional_id=self.transactional_id)
         self.executor = make_executor(self.workers)
         await producer.start()
+        next_batch: asyncio.Task[Prepared | None] | None = None
         try:
             await consumer.start()
             aborts = 0
             while not self._stopping:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
-                self.polled_once = True
-                if not batches:
-                    continue
-                async with self._lock:
-                    try:
+                try:
+                    prepared = await next_batch if next_batch is not None else await self.prepare()
+                    next_batch = None
+                    if prepared is None:
+                        continue
+                    # Read and classify the next batch while this one commits: the CPU works
+                    # while the transaction's round trips are in flight.
+                    next_batch = asyncio.create_task(self.prepare())
+                    async with self.lock:
+                        if prepared.generation != self.generation:
+                            raise _StaleBatch
                         with BATCH_SECONDS.time():
-                            await self.process(batches)
-                        aborts = 0
-                    except ProducerFenced:
-                        log.error("another classifier took over transactional id %s", self.transactional_id)
+                            await self.commit(prepared)
+                    aborts = 0
+                except _StaleBatch:
+                    await _discard(next_batch)
+                    next_batch = None
+                    await self.rewind()
+                except ProducerFenced:
+                    log.error("another classifier took over transactional id %s", self.transactional_id)
+                    raise
+                except Exception as exc:
+                    await _discard(next_batch)
+                    next_batch = None
+                    if isinstance(exc, BrokenExecutor):
+                        # A worker process died (e.g. out of memory): start fresh ones.
+                        self.executor.shutdown(wait=False, cancel_futures=True)
+                        self.executor = make_executor(self.workers)
+                    aborts += 1
+                    ABORTED.inc()
+                    log.exception("batch aborted (%d in a row); re-reading from committed offsets", aborts)
+                    if aborts >= MAX_CONSECUTIVE_ABORTS or producer._txn_manager.is_fatal_error():
                         raise
-                    except Exception as exc:
-                        if isinstance(exc, BrokenExecutor):
-                            # A worker process died (e.g. out of memory): start fresh ones.
-                            self.executor.shutdown(wait=False, cancel_futures=True)
-                            self.executor = make_executor(self.workers)
-                        aborts += 1
-                        ABORTED.inc()
-                        log.exception("batch aborted (%d in a row); re-reading from committed offsets", aborts)
-                        if aborts >= MAX_CONSECUTIVE_ABORTS or producer._txn_manager.is_fatal_error():
-                            raise
-                        await self.rewind()
-                        await asyncio.sleep(min(0.2 * 2**aborts, 5.0))
+                    await self.rewind()
+                    await asyncio.sleep(min(0.2 * 2**aborts, 5.0))
         finally:
+            # A batch read but not committed is simply read again by whoever runs next.
+            await _discard(next_batch)
             await consumer.stop()
             await producer.stop()
             await asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
@@ -177,29 +208,37 @@ class ClassifierLoop:
         )
         return [outcome for part in results for outcome in part]
 
-    async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """One transaction: every output of the batch and its offsets, or nothing."""
-        producer, consumer = self.producer, self.consumer
-        assert producer is not None and consumer is not None
+    async def prepare(self) -> Prepared | None:
+        """Read a batch and classify it (nothing is written yet)."""
+        consumer = self.consumer
+        assert consumer is not None
+        generation = self.generation
+        fetched = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        self.polled_once = True
         assigned = consumer.assignment()
         # Records fetched before a rebalance for partitions now elsewhere are not ours.
-        batches = {tp: records for tp, records in batches.items() if tp in assigned and records}
+        batches = {tp: records for tp, records in fetched.items() if tp in assigned and records}
         if not batches:
-            return
+            return None
         records = [record for recs in batches.values() for record in recs]
-        outcomes = await self.classify_batch(records)
+        return Prepared(generation, batches, records, await self.classify_batch(records))
+
+    async def commit(self, prepared: Prepared) -> None:
+        """One transaction: every output of the batch and its offsets, or nothing."""
+        producer = self.producer
+        assert producer is not None
         async with producer.transaction():
             deliveries: list[asyncio.Future[object]] = []
-            for record, outcome in zip(records, outcomes, strict=True):
+            for record, outcome in zip(prepared.records, prepared.outcomes, strict=True):
                 delivery = await self.emit(producer, record, outcome)
                 if delivery is not None:
                     deliveries.append(delivery)
             # A send that failed fails the batch here, inside the transaction, so it aborts.
             await asyncio.gather(*deliveries)
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in prepared.batches.items()}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
         self.batches_committed += 1
-        self.records_done += len(records)
+        self.records_done += len(prepared.records)
 
     async def emit(
         self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], outcome: Outcome
@@ -225,6 +264,12 @@ class ClassifierLoop:
             )
         _CLASSIFIED_OK.inc()
         return delivery
+
+
+async def _discard(task: asyncio.Task[Prepared | None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def resolve_workers(configured: int) -> int:
