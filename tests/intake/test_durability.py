@@ -3,6 +3,7 @@ recovery afterwards without a restart), a killed intake's claims taken over."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -145,3 +146,77 @@ async def test_claims_of_a_killed_intake_are_taken_over(infra: Infra, tmp_path: 
     finally:
         process.kill()
         await drop_database(infra.database_url, settings)
+
+
+async def test_kill_9_under_load_loses_no_accepted_event(infra: Infra, tmp_path: Path) -> None:
+    """Posts stream in from several clients; intake is killed with SIGKILL mid-stream. Every
+    event answered 202 is on the log; after a restart every event the clients re-post is
+    accepted or a duplicate, and each is on the log once (twice only with the same event id,
+    for a write cut between the broker's acknowledgement and the claim's settlement)."""
+    settings = await make_settings(infra)
+    keys = await make_keys(settings)
+    process = ServiceProcess("services.intake.main", settings, free_port(), tmp_path / "intake.log")
+    accepted: set[str] = set()
+    attempted: list[str] = []
+    try:
+        process.start()
+        await process.wait_ready()
+
+        async def client(worker: int) -> None:
+            async with httpx.AsyncClient(base_url=process.url, timeout=10) as http:
+                for i in range(10_000):
+                    event_id = f"k9-{worker}-{i}"
+                    attempted.append(event_id)
+                    try:
+                        r = await http.post("/v1/events", content=body(report(event_id)),
+                                            headers=auth(keys.partner))
+                    except httpx.HTTPError:
+                        return  # intake is gone
+                    if r.status_code == 202:
+                        accepted.add(event_id)
+
+        clients = [asyncio.create_task(client(w)) for w in range(6)]
+
+        async def enough() -> bool:
+            return len(accepted) >= 120
+
+        await wait_for(enough, timeout=60, what="some accepted posts")
+        process.kill()
+        await asyncio.gather(*clients)
+    finally:
+        process.kill()
+    try:
+        on_log = await events_on_log(settings)
+        assert accepted <= set(on_log), sorted(accepted - set(on_log))[:5]
+        # A restart much later: claims the killed intake left 'sending' are stale by then.
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("UPDATE intake_reports SET claimed_at = now() - interval '1 hour' "
+                               "WHERE status = 'sending'")
+        finally:
+            await conn.close()
+        async with in_process(create_app(settings)) as intake:
+            for event_id in attempted:
+                r = await intake.post("/v1/events", content=body(report(event_id)), headers=auth(keys.partner))
+                assert r.status_code == 202, r.text
+                if event_id in accepted:
+                    assert r.json()["duplicates"], event_id  # accepted before: never written again
+        on_log = await events_on_log(settings)
+        for event_id in attempted:
+            copies = on_log.get(event_id, [])
+            assert copies, event_id
+            assert len(set(copies)) == 1, (event_id, copies)  # any second copy has the same event id
+            if event_id in accepted:
+                assert len(copies) == 1, (event_id, copies)
+    finally:
+        await drop_database(infra.database_url, settings)
+
+
+async def events_on_log(settings: Settings) -> dict[str, list[str]]:
+    """Report id -> the event ids of its copies on the log."""
+    out: dict[str, list[str]] = {}
+    for record in await log_records(settings):
+        event = from_record(record.value, record.headers)
+        if isinstance(event.data, dict) and "report_id" in event.data:
+            out.setdefault(event.data["report_id"], []).append(event.id)
+    return out
