@@ -4,6 +4,7 @@ identity look-up. Every answer, accepted or refused, leaves an audit record."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -99,6 +100,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _refuse_large_events(events: list[Any], limit: int) -> None:
+    """One event of a batch is held to the single-event limit too (only checked when the
+    batch as a whole is over it: a smaller batch cannot hold a larger event)."""
+    errors = [
+        {"pointer": f"/{index}", "detail": f"this event is over {limit} bytes"}
+        for index, event in enumerate(events)
+        if len(json.dumps(event, ensure_ascii=False).encode()) > limit
+    ]
+    if errors:
+        raise Problem(413, "Content Too Large", f"An event of the batch is over {limit} bytes.", errors=errors)
+
+
 async def _audit(request: Request, record: store.AuditRecord) -> None:
     try:  # grouped with other requests' statements (service.IntakeContext.settle)
         await _ctx(request).settle.submit([((), record)])
@@ -185,6 +198,8 @@ async def post_events(request: Request) -> JSONResponse:
         if wait:
             raise Problem(429, "Too Many Requests", "Over this partner's rate limit.",
                           headers={"Retry-After": retry_after(wait)})
+        if mode is Mode.BATCH and len(body) > http.max_event_bytes:
+            _refuse_large_events(parsed.events, http.max_event_bytes)
         prepared = prepare(parsed.events, principal, _ctx(request).pseudonym_key, batch=mode is Mode.BATCH)
         # Shielded: a client that hangs up mid-write must not leave claims half-settled.
         accepting = asyncio.ensure_future(accept(_ctx(request), principal, prepared, store.AuditRecord(

@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram
 
@@ -53,6 +54,8 @@ LATE_WRITES = Counter(
     "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
 )
 
+# The broker or the producer refuses a record by its size: retrying cannot help.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 _KIND = {
     PartnerEventType.INCIDENT_REPORTED: EventType.INCIDENT_REPORTED,
     PartnerEventType.INCIDENT_AMENDED: EventType.INCIDENT_AMENDED,
@@ -375,6 +378,11 @@ async def accept(
             log.warning("publishing failed: %s", type(exc).__name__)
             raise _unavailable("The log or the database cannot take the write; the events were "
                                "NOT accepted.") from exc
+        if any(isinstance(r, _TOO_LARGE) for r in outcome):
+            written = sum(1 for r in outcome if r is None)
+            raise Problem(413, "Content Too Large", "An event is too large for the log; the events "
+                          "were NOT accepted" + (f" ({written} of {len(todo)} were written: a retry "
+                          "lists them as duplicates)." if written else "."))
         if any(outcome):
             EVENTS.labels("unavailable").inc(len(todo))
             written = sum(1 for r in outcome if r is None)

@@ -376,3 +376,11 @@ async def test_an_amendment_keeps_the_incident_id(
     [(_, internal)] = await records_for(intake_settings, {"am-1"})
     assert internal.type == "org.tnrwatch.incident.amended.v1"
     assert internal.data["facts"]["outcome"] == "released"
+
+
+async def test_one_event_over_1_mib_in_a_small_enough_batch_is_413(intake: httpx.AsyncClient, keys: Keys) -> None:
+    big = report("bigone-1")
+    big["data"]["narrative"] = {"text": "w" * (1100 * 1000), "lang": "en"}
+    batch = [report("bigone-0"), big]
+    doc = problem(await intake.post("/v1/events", content=body(batch), headers=auth(keys.partner, BATCH)), 413)
+    assert pointers(doc) == ["/1"]
