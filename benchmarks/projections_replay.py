@@ -95,6 +95,7 @@ async def main() -> None:
     parser.add_argument("--incidents", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--decode-workers", type=int, default=None)
     args = parser.parse_args()
     with ExitStack() as stack:
         infra = start_infra(stack)
@@ -117,7 +118,7 @@ async def main() -> None:
                 profiler = cProfile.Profile() if args.profile else None
                 if profiler:
                     profiler.enable()
-                attempt = await rebuild(settings, show_progress=False)
+                attempt = await rebuild(settings, show_progress=False, decode_workers=args.decode_workers)
                 if profiler:
                     profiler.disable()
                     pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
@@ -139,7 +140,7 @@ async def main() -> None:
     print(f"{'limit: both in sequence':<42}{kafka_s + copy_s:>10.2f}{limit:>14,.0f}")
     for phase, seconds in report.phases.items():
         print(f"{'replay phase: ' + phase:<42}{seconds:>10.2f}")
-    for what, seconds in report.timings.items():
+    for what, seconds in report.timings.items():  # reader and writer overlap
         print(f"{'  of which ' + what:<42}{seconds:>10.2f}")
     print(f"{'replay projections (end to end)':<42}{report.seconds:>10.2f}{replay_rate:>14,.0f}")
     print(

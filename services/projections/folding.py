@@ -37,7 +37,7 @@ class LogEvent:
     topic: str
     partition: int
     offset: int
-    data: BaseModel
+    data: Fact
     payload: str  # the event's data as JSON text
 
 
@@ -76,6 +76,141 @@ class ReportColumns:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """A classification's labels (its evidence stays in the payload)."""
+
+    pace_methods: list[str]
+    ccdi_methods: list[str]
+    persuasion_channels: list[str]
+    ir_categories: list[str]
+    classifier_version: str
+
+    @classmethod
+    def of(cls, classification: Classification) -> Labels:
+        return cls(
+            list(classification.pace_methods),
+            list(classification.ccdi_methods),
+            list(classification.persuasion_channels),
+            list(classification.ir_categories),
+            classification.classifier_version,
+        )
+
+
+# What the fold needs of each kind of event: small, flat, cheap to build and to pass between
+# processes (a replay decodes in a worker process).
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFact:
+    """An ``incident.reported`` or ``incident.amended``."""
+
+    incident_id: str
+    target_ref: str
+    partner: str
+    received_at: datetime
+    columns: ReportColumns
+
+    @classmethod
+    def of(cls, report: IncidentRecorded) -> ReportFact:
+        return cls(report.incident_id, report.target_ref, report.partner, report.received_at, ReportColumns.of(report))
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedFact:
+    """An ``incident.classified``: the report it classified and its labels."""
+
+    report: ReportFact
+    labels: Labels
+
+
+@dataclass(frozen=True, slots=True)
+class RetractedFact:
+    incident_id: str
+    target_ref: str
+    partner: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedFact:
+    target_ref: str
+    received_at: datetime
+
+
+Fact = ReportFact | ClassifiedFact | RetractedFact | ErasedFact | AlertChanged
+
+
+def fact_of(data: BaseModel) -> Fact | None:
+    """The fact of a decoded event; ``None`` for kinds the projections do not fold."""
+    if isinstance(data, IncidentClassified):
+        return ClassifiedFact(ReportFact.of(data.incident), Labels.of(data.classification))
+    if isinstance(data, IncidentRecorded):
+        return ReportFact.of(data)
+    if isinstance(data, IncidentRetracted):
+        return RetractedFact(data.incident_id, data.target_ref, data.partner, data.reason)
+    if isinstance(data, SubjectErased):
+        return ErasedFact(data.target_ref, data.received_at)
+    if isinstance(data, AlertChanged):
+        return data
+    return None
+
+
+def fact_tuple(fact: Fact) -> tuple[Any, ...]:
+    """Flat and picklable (tuples of builtins cross a process boundary far faster than objects)."""
+    if isinstance(fact, ClassifiedFact):
+        r, c, labels = fact.report, fact.report.columns, fact.labels
+        return (
+            "c",
+            r.incident_id,
+            r.target_ref,
+            r.partner,
+            r.received_at,
+            c.occurred_on,
+            c.country,
+            c.target_group,
+            c.act_types,
+            labels.pace_methods,
+            labels.ccdi_methods,
+            labels.persuasion_channels,
+            labels.ir_categories,
+            labels.classifier_version,
+        )
+    if isinstance(fact, ReportFact):
+        c = fact.columns
+        return (
+            "r",
+            fact.incident_id,
+            fact.target_ref,
+            fact.partner,
+            fact.received_at,
+            c.occurred_on,
+            c.country,
+            c.target_group,
+            c.act_types,
+        )
+    if isinstance(fact, RetractedFact):
+        return ("x", fact.incident_id, fact.target_ref, fact.partner, fact.reason)
+    if isinstance(fact, ErasedFact):
+        return ("e", fact.target_ref, fact.received_at)
+    return ("a", fact.model_dump(mode="json"))
+
+
+def fact_from_tuple(flat: tuple[Any, ...]) -> Fact:
+    kind = flat[0]
+    if kind in ("c", "r"):
+        occurred_on = flat[5]
+        report = ReportFact(
+            flat[1], flat[2], flat[3], flat[4], ReportColumns(occurred_on, occurred_on.year, flat[6], flat[7], flat[8])
+        )
+        return ClassifiedFact(report, Labels(*flat[9:14])) if kind == "c" else report
+    if kind == "x":
+        return RetractedFact(*flat[1:5])
+    if kind == "e":
+        return ErasedFact(flat[1], flat[2])
+    return AlertChanged.model_validate(flat[1])
+
+
 @dataclass(slots=True)
 class IncidentWrite:
     """One incident's new state as the fold builds it; ``None`` payloads keep what is stored.
@@ -94,7 +229,7 @@ class IncidentWrite:
     report_in_classified: bool = False
     classified_json: str | None = None  # an IncidentClassified payload
     report_columns: ReportColumns | None = None  # set with report_json
-    classification: Classification | None = None  # set with classified_json
+    classification: Labels | None = None  # set with classified_json
     changed: bool = False  # anything to write at all
 
     @classmethod
@@ -165,8 +300,8 @@ def fold(
         result.positions[(event.topic, event.partition)] = event.offset + 1
         result.applied += 1
         data = event.data
-        if isinstance(data, IncidentClassified):
-            incident = data.incident
+        if isinstance(data, ClassifiedFact):
+            incident = data.report
             write = writes.get(incident.incident_id) or _start(writes, states, incident)
             received_at = incident.received_at
             newer_classification = _newer(write.classified_received_at, received_at)
@@ -180,14 +315,14 @@ def fold(
             if newer_classification:
                 write.classified_received_at = received_at
                 write.classified_json = payload
-                write.classification = data.classification
+                write.classification = data.labels
             if newer_report:
                 write.report_received_at = received_at
                 write.target_ref = incident.target_ref
                 write.report_json = payload
                 write.report_in_classified = True
-                write.report_columns = ReportColumns.of(incident)
-        elif isinstance(data, IncidentRecorded):
+                write.report_columns = incident.columns
+        elif isinstance(data, ReportFact):
             write = writes.get(data.incident_id) or _start(writes, states, data)
             if _newer_report(write.report_received_at, data.received_at):
                 payload = event.payload
@@ -198,8 +333,8 @@ def fold(
                 write.target_ref = data.target_ref
                 write.report_json = payload
                 write.report_in_classified = False
-                write.report_columns = ReportColumns.of(data)
-        elif isinstance(data, IncidentRetracted):
+                write.report_columns = data.columns
+        elif isinstance(data, RetractedFact):
             write = writes.get(data.incident_id) or _start(writes, states, data)
             # A retraction is final: later amendments still update the record but it stays
             # out of the statistics and listings.
@@ -208,7 +343,7 @@ def fold(
             write.changed = True
         elif isinstance(data, AlertChanged):
             result.alerts[data.fingerprint] = data  # keyed by fingerprint: log order is change order
-        elif isinstance(data, SubjectErased):
+        elif isinstance(data, ErasedFact):
             at = max(data.received_at, erased_now.get(data.target_ref, data.received_at))
             erased_now[data.target_ref] = at
             result.erasures[data.target_ref] = at
@@ -218,7 +353,7 @@ def fold(
 def _start(
     writes: dict[str, IncidentWrite],
     states: Mapping[str, IncidentState],
-    data: IncidentRecorded | IncidentRetracted,
+    data: ReportFact | RetractedFact,
 ) -> IncidentWrite:
     state = states.get(data.incident_id) or IncidentState(data.incident_id, data.target_ref, data.partner)
     write = writes[data.incident_id] = IncidentWrite.start(state)
@@ -229,9 +364,9 @@ def incident_ids(events: Iterable[LogEvent]) -> set[str]:
     ids: set[str] = set()
     for event in events:
         data = event.data
-        if isinstance(data, IncidentClassified):
-            ids.add(data.incident.incident_id)
-        elif isinstance(data, IncidentRecorded | IncidentRetracted):
+        if isinstance(data, ClassifiedFact):
+            ids.add(data.report.incident_id)
+        elif isinstance(data, ReportFact | RetractedFact):
             ids.add(data.incident_id)
     return ids
 
@@ -240,9 +375,9 @@ def target_refs(events: Iterable[LogEvent]) -> set[str]:
     refs: set[str] = set()
     for event in events:
         data = event.data
-        if isinstance(data, IncidentClassified):
-            refs.add(data.incident.target_ref)
-        elif isinstance(data, IncidentRecorded | IncidentRetracted | SubjectErased):
+        if isinstance(data, ClassifiedFact):
+            refs.add(data.report.target_ref)
+        elif isinstance(data, ReportFact | RetractedFact | ErasedFact):
             refs.add(data.target_ref)
     return refs
 

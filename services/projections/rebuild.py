@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +36,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from services.projections import store
-from services.projections.folding import LogEvent
+from services.projections.folding import ClassifiedFact, LogEvent, fact_from_tuple, fact_of, fact_tuple
 from services.projections.service import apply_events
 from shared.db import create_pool, prepare_database
-from shared.events import EVENT_DATA_MODELS, EventType, IncidentClassified
+from shared.events import EVENT_DATA_MODELS, EventType
 from shared.kafka import ensure_topics, make_consumer, topics_for
 from shared.settings import Settings
 
@@ -67,23 +71,24 @@ class RebuildReport:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def decode_record(record: ConsumerRecord) -> LogEvent | None:
-    """The fast path of decoding for replays: straight from bytes into the typed model.
-    ``None`` for records no consumer can use."""
-    event_type = None
-    for name, value in record.headers or ():
-        if name == "ce_type":
-            event_type = value.decode(errors="replace")
-            break
-    model = EVENT_DATA_MODELS.get(event_type or "")
-    if model is None or record.value is None:
-        return None
-    try:
-        data = model.model_validate_json(record.value)
-        payload = record.value.decode()
-    except (ValidationError, UnicodeDecodeError):
-        return None
-    return LogEvent(record.topic, record.partition, record.offset, data, payload)
+def decode_payloads(items: Sequence[tuple[bytes | None, bytes | None]]) -> list[tuple[Any, ...] | None]:
+    """(ce_type, value) pairs to flat facts, with the full validation of the live consumer;
+    ``None`` for records no consumer can use. Runs in a worker process during a replay."""
+    out: list[tuple[Any, ...] | None] = []
+    for event_type, value in items:
+        model = EVENT_DATA_MODELS.get(event_type.decode(errors="replace")) if event_type else None
+        fact = None
+        if model is not None and value is not None:
+            try:
+                fact = fact_of(model.model_validate_json(value))
+            except ValidationError:
+                fact = None
+        out.append(fact_tuple(fact) if fact is not None else None)
+    return out
+
+
+def _worker_init() -> None:
+    gc.set_threshold(200_000, 50, 100)  # see rebuild()
 
 
 _REPORT_TYPES = {EventType.INCIDENT_REPORTED.value.encode(), EventType.INCIDENT_AMENDED.value.encode()}
@@ -98,13 +103,17 @@ class _Reader:
     received_at) would change nothing, so it is counted without being decoded: the largest
     single saving of a replay."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], decoder: Executor, ahead: int
+    ) -> None:
         self.consumer = consumer
+        self.decoder = decoder
+        self.ahead = ahead
         self.partitions = list(partitions)
         self.skipped = 0
         self.unchanged = 0
         self.known: dict[str, datetime] = {}
-        self.timings: dict[str, float] = {"fetch": 0.0, "decode": 0.0, "hand over": 0.0}
+        self.timings: dict[str, float] = {"fetch": 0.0, "select": 0.0, "decode wait": 0.0, "hand over": 0.0}
 
     async def read_until(
         self,
@@ -115,46 +124,67 @@ class _Reader:
         """Hand decoded batches to ``sink`` until every partition reaches ``stop_at``; records
         at or beyond it are left alone."""
         remaining = {tp for tp, end in stop_at.items() if await self.position(tp) < end}
+        # Decoding (full validation) runs in worker processes, a batch or two ahead, while this
+        # process fetches the next batch; batches are handed on in log order.
+        pending: deque[tuple[asyncio.Future[list[tuple[Any, ...] | None]], list[ConsumerRecord], int, int]] = deque()
+        loop = asyncio.get_running_loop()
+
+        async def hand_on() -> None:
+            future, records, count, unchanged = pending.popleft()
+            t0 = time.monotonic()
+            flats = await future
+            events: list[LogEvent] = []
+            known = self.known
+            for record, flat in zip(records, flats, strict=True):
+                if flat is None:
+                    self.skipped += 1
+                    continue
+                fact = fact_from_tuple(flat)
+                events.append(LogEvent(record.topic, record.partition, record.offset, fact, record.value.decode()))
+                if isinstance(fact, ClassifiedFact):
+                    report = fact.report
+                    seen = known.get(report.incident_id)
+                    if seen is None or report.received_at > seen:
+                        known[report.incident_id] = report.received_at
+            t1 = time.monotonic()
+            self.timings["decode wait"] += t1 - t0
+            await sink(events, count, unchanged)
+            self.timings["hand over"] += time.monotonic() - t1
+
         while remaining:
             t0 = time.monotonic()
             batches = await self.consumer.getmany(*remaining, timeout_ms=100, max_records=batch_records)
             t1 = time.monotonic()
             self.timings["fetch"] += t1 - t0
-            events: list[LogEvent] = []
+            chosen: list[ConsumerRecord] = []
+            types: list[tuple[bytes | None, bytes | None]] = []
             count = unchanged = 0
-            known = self.known
             for tp, records in batches.items():
                 end = stop_at[tp]
                 for record in records:
                     if record.offset >= end:
                         break
                     count += 1
-                    if known and self._already_known(record):
+                    headers = dict(record.headers or ())
+                    if self.known and self._already_known(headers):
                         unchanged += 1
                         self.unchanged += 1
                         continue
-                    event = decode_record(record)
-                    if event is None:
-                        self.skipped += 1
-                        continue
-                    events.append(event)
-                    data = event.data
-                    if isinstance(data, IncidentClassified):
-                        incident = data.incident
-                        seen = known.get(incident.incident_id)
-                        if seen is None or incident.received_at > seen:
-                            known[incident.incident_id] = incident.received_at
+                    chosen.append(record)
+                    types.append((headers.get("ce_type"), record.value))
                 if records and records[-1].offset >= end - 1:
                     self.consumer.seek(tp, end)
-            t2 = time.monotonic()
-            self.timings["decode"] += t2 - t1
             if count:
-                await sink(events, count, unchanged)
-            self.timings["hand over"] += time.monotonic() - t2
+                future = loop.run_in_executor(self.decoder, decode_payloads, types)
+                pending.append((future, chosen, count, unchanged))
+            self.timings["select"] += time.monotonic() - t1
+            while len(pending) > self.ahead:
+                await hand_on()
             remaining = {tp for tp in remaining if await self.position(tp) < stop_at[tp]}
+        while pending:
+            await hand_on()
 
-    def _already_known(self, record: ConsumerRecord) -> bool:
-        headers = dict(record.headers or ())
+    def _already_known(self, headers: dict[str, bytes]) -> bool:
         if headers.get("ce_type") not in _REPORT_TYPES:
             return False
         subject, at = headers.get("ce_subject"), headers.get("ce_time")
@@ -176,8 +206,10 @@ async def rebuild(
     show_progress: bool = True,
     batch_records: int = 5000,
     swap_timeout: float = 120.0,
+    decode_workers: int | None = None,
 ) -> RebuildReport:
-    """Build a new generation from the log and swap it in; returns what was done."""
+    """Build a new generation from the log and swap it in; returns what was done.
+    ``decode_workers``: processes that decode (default: one per core but one, 1 to 4)."""
     started = time.monotonic()
     # A batch holds tens of thousands of small objects for a moment; the default collector
     # thresholds would scan them again and again (measured: 3x slower decoding). Nothing here
@@ -186,7 +218,7 @@ async def rebuild(
     gc.freeze()
     gc.set_threshold(200_000, 50, 100)
     try:
-        return await _rebuild(settings, show_progress, batch_records, swap_timeout, started)
+        return await _rebuild(settings, show_progress, batch_records, swap_timeout, started, decode_workers)
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -200,7 +232,12 @@ _REBUILD_LOCK = 0x746E7270  # "tnrp"
 
 
 async def _rebuild(
-    settings: Settings, show_progress: bool, batch_records: int, swap_timeout: float, started: float
+    settings: Settings,
+    show_progress: bool,
+    batch_records: int,
+    swap_timeout: float,
+    started: float,
+    decode_workers: int | None,
 ) -> RebuildReport:
     await ensure_topics(settings)
     pool = await create_pool(settings.database_url, min_size=2, max_size=4)
@@ -211,7 +248,7 @@ async def _rebuild(
             if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", _REBUILD_LOCK):
                 raise RebuildInProgress("another `tnrwatch replay projections` is running")
             try:
-                return await _build(pool, settings, show_progress, batch_records, swap_timeout, started)
+                return await _build(pool, settings, show_progress, batch_records, swap_timeout, started, decode_workers)
             finally:
                 await lock.execute("SELECT pg_advisory_unlock($1)", _REBUILD_LOCK)
     finally:
@@ -225,6 +262,7 @@ async def _build(
     batch_records: int,
     swap_timeout: float,
     started: float,
+    decode_workers: int | None,
 ) -> RebuildReport:
     async with pool.acquire() as conn:
         generation = await store.create_generation(conn)
@@ -236,11 +274,21 @@ async def _build(
             fetch_max_bytes=64 * 1024 * 1024,
             fetch_max_wait_ms=50,  # offset requests wait behind a pending long-poll fetch
         )
+        # Decoding with full validation is most of a replay's work: worker processes do it
+        # beside this one (which fetches, folds and writes). Spawned, not forked: this process
+        # runs threads and an event loop.
+        workers = decode_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
+        decoder = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
         await consumer.start()
         try:
-            report = await _run(pool, consumer, settings, generation, show_progress, batch_records, swap_timeout)
+            report = await _run(
+                pool, consumer, decoder, workers, settings, generation, show_progress, batch_records, swap_timeout
+            )
         finally:
             await consumer.stop()
+            decoder.shutdown(cancel_futures=True)
     except BaseException:
         # A half-built generation is never served; drop it now rather than at the next rebuild.
         async with pool.acquire() as conn:
@@ -256,6 +304,8 @@ async def _build(
 async def _run(
     pool: asyncpg.Pool,
     consumer: AIOKafkaConsumer,
+    decoder: Executor,
+    workers: int,
     settings: Settings,
     generation: str,
     show_progress: bool,
@@ -266,7 +316,7 @@ async def _run(
     partitions = await _partitions(settings, projection_topics(settings))
     consumer.assign(partitions)
     await consumer.seek_to_beginning(*partitions)
-    reader = _Reader(consumer, partitions)
+    reader = _Reader(consumer, partitions, decoder, ahead=workers + 1)
     begin = await consumer.beginning_offsets(partitions)
     end = await consumer.end_offsets(partitions)
     report = RebuildReport(generation=generation, retired="")

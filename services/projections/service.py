@@ -17,7 +17,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from services.projections import store
-from services.projections.folding import LogEvent, fold, incident_ids, target_refs
+from services.projections.folding import LogEvent, fact_of, fold, incident_ids, target_refs
 from shared.consumer import Consumed
 from shared.events import CloudEvent
 from shared.serialization import event_data
@@ -52,9 +52,10 @@ async def handle(conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]])
                 item.topic,
                 item.partition,
                 item.offset,
-                item.value,
+                fact,
                 json.dumps(item.event.data, separators=(",", ":"), ensure_ascii=False),
             )
             for item in batch
+            if (fact := fact_of(item.value)) is not None
         ]
         await apply_events(conn, generation, events)

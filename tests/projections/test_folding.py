@@ -9,7 +9,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.projections.folding import IncidentState, LogEvent, fold, strip_confidential
+from services.projections.folding import (
+    IncidentState,
+    LogEvent,
+    fact_from_tuple,
+    fact_of,
+    fact_tuple,
+    fold,
+    strip_confidential,
+)
 from services.projections.reads import Cursor, etag_matches, render_incident, suppress
 from tests.projections.logdata import T0, classified, report, retraction
 
@@ -25,7 +33,9 @@ EVENTS = [
 
 
 def _event(n: int, topic: str, data: Any) -> LogEvent:
-    return LogEvent(topic, 0, n, data, data.model_dump_json(by_alias=True))
+    fact = fact_of(data)
+    assert fact is not None
+    return LogEvent(topic, 0, n, fact, data.model_dump_json(by_alias=True))
 
 
 def _replay(order: list[int], cut: int) -> dict[str, Any]:
@@ -146,3 +156,12 @@ def test_render_hides_confidential_fields_from_other_readers() -> None:
     assert "Quoted" not in json.dumps(other) and "taken" not in json.dumps(other)
     own = render_incident(row, with_confidential=True)
     assert own["narrative"]["text"] == "Quoted words." and own["sources"]
+
+
+def test_facts_survive_the_trip_to_and_from_a_decoding_worker() -> None:
+    from tests.projections.logdata import alert
+
+    incident = report(7)
+    for data in (incident, classified(incident), retraction(incident), alert("fp", "open")):
+        fact = fact_of(data)
+        assert fact is not None and fact_from_tuple(fact_tuple(fact)) == fact
