@@ -185,7 +185,7 @@ async def post_events(request: Request) -> JSONResponse:
         principal = await _principal(request)
         http = _http(request)
         mode = mode_for(request.headers.get("content-type"))
-        wait = http.limiter.take(principal.partner, 0)
+        wait = http.limiter.peek(principal.partner)  # an empty bucket: not even the body is read
         if wait:
             raise Problem(429, "Too Many Requests", "Over this partner's rate limit.",
                           headers={"Retry-After": retry_after(wait)})

@@ -41,6 +41,12 @@ class RateLimiter:
         bucket.updated = now
         return bucket
 
+    def peek(self, partner: str, cost: int = 1) -> float:
+        """Like :meth:`take` without taking: 0.0 when ``cost`` tokens are there now."""
+        bucket = self._bucket(partner)
+        needed = min(float(cost), self.capacity)
+        return 0.0 if bucket.tokens >= needed else max((needed - bucket.tokens) / self.rate, 0.001)
+
     def take(self, partner: str, cost: int = 1) -> float:
         """Take ``cost`` tokens; 0.0 when allowed, else the seconds to wait (nothing taken)."""
         bucket = self._bucket(partner)

@@ -87,7 +87,9 @@ def test_master_keys_must_be_strong() -> None:
 def test_rate_limiter_refills_and_says_how_long_to_wait() -> None:
     now = [0.0]
     limiter = RateLimiter(60, lambda: now[0])
+    assert limiter.peek("a", 60) == 0.0
     assert limiter.take("a", 60) == 0.0
+    assert limiter.peek("a") == pytest.approx(1.0)
     assert limiter.take("a") == pytest.approx(1.0)
     assert limiter.take("b") == 0.0  # partners do not share a bucket
     now[0] = 2.0
