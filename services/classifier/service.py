@@ -24,7 +24,7 @@ from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, Th
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import IllegalStateError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Histogram
 
@@ -189,11 +189,14 @@ class ClassifierLoop:
         consumer = self.consumer
         assert consumer is not None
         for tp in consumer.assignment():
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
+            try:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+            except IllegalStateError:
+                continue  # moved away in a rebalance: its next owner starts from the committed offset
 
     async def classify_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Outcome]:
         """The pure step for every record, in order, off the event loop (heartbeats go on):

@@ -201,3 +201,37 @@ async def test_a_worker_process_killed_mid_batch_loses_and_doubles_nothing(fresh
     assert len(counts) == len(incidents) and set(counts.values()) == {1}
     assert all(d.classification.ir_categories == ["IR1", "IR2"] for _, d in out)
     assert ABORTED._value.get() > aborted_before, "the dead worker never failed a batch"
+
+
+async def test_a_second_instance_joining_mid_burst_shares_the_work_and_nothing_doubles(
+    fresh_settings: Settings,
+) -> None:
+    """Scaling out: partitions move to the new instance only between transactions."""
+    settings = fresh_settings
+    await ensure_topics(settings)
+    topics = topics_for(settings)
+    incidents = [recorded(f"s-{i}", acts=[ActType.ONLINE_THREAT], target_ref=f"t{i % 40}") for i in range(3000)]
+    await put_on_log(settings, topics.incidents, [(EventType.INCIDENT_REPORTED, i) for i in incidents])
+
+    first = ClassifierLoop(settings, slow_classify, max_records=100)
+    second = ClassifierLoop(settings.model_copy(update={"instance_id": "1"}), slow_classify, max_records=100)
+    assert first.transactional_id != second.transactional_id
+    async with running(first):
+        await wait_for(lambda: _committed_at_least(settings, 1), timeout=60, what="the first instance's first commit")
+        async with running(second):
+            await committed_outputs(settings, len(incidents))
+    out = decode(await read_all(settings, topics.classifications))
+
+    counts = Counter(d.incident.incident_id for _, d in out)
+    assert len(counts) == len(incidents) and set(counts.values()) == {1}
+    assert first.records_done > 0 and second.records_done > 0, (first.records_done, second.records_done)
+
+
+def slow_classify(incident):
+    """Slow enough that the burst outlasts the second instance's join (a heartbeat or two)."""
+    import time
+
+    from services.classifier.pipeline import classify_incident
+
+    time.sleep(0.003)
+    return classify_incident(incident)
