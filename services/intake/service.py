@@ -135,11 +135,11 @@ async def _resolve_retractions(ctx: IntakeContext, prepared: list[Prepared]) -> 
     known = await store.latest_target_refs(ctx.pool, wanted) if wanted else {}
     out: list[Prepared] = []
     unknown: list[dict[str, str]] = []
-    for index, p in enumerate(prepared):
+    for p in prepared:
         if p.target_ref is None and p.incident_id is not None:
             ref = in_batch.get(p.incident_id) or known.get(p.incident_id)
             if ref is None:
-                unknown.append({"pointer": f"/{index}/subject" if len(prepared) > 1 else "/subject",
+                unknown.append({"pointer": f"{p.position}/subject",
                                 "detail": "no incident with this subject was reported"})
                 continue
             p = dataclasses.replace(p, target_ref=ref)

@@ -6,6 +6,7 @@ A batch is all-or-nothing: every event is checked and every error of every event
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ class Prepared:
     incident_id: str | None  # None for an erasure
     target_ref: str | None  # None for a retraction until the incident is looked up
     identity: Identity | None  # clear: stays in this process until sealed
+    position: str = ""  # "/<index>" in a batch: the prefix of this event's error pointers
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,7 +118,7 @@ def prepare(events: list[Any], principal: Principal, pseudonym_key: bytes, *, ba
         forbidden += [{**e, "pointer": prefix + e["pointer"]} for e in refused]
         invalid += [{**e, "pointer": prefix + e["pointer"]} for e in errors]
         if one is not None:
-            prepared.append(one)
+            prepared.append(dataclasses.replace(one, position=prefix) if prefix else one)
     if forbidden:
         raise Problem(403, "Forbidden", "This key may not post these events.", errors=forbidden)
     if invalid:

@@ -315,6 +315,10 @@ async def test_retraction_needs_a_reported_incident(
                   "type": "org.tnrwatch.incident.retracted.v1", "data": {"reason": "duplicate report"}}
     doc = problem(await intake.post("/v1/events", content=body(retraction), headers=auth(keys.partner)), 422)
     assert "/subject" in pointers(doc)
+    batch = [report("ret-9"), {**retraction, "id": "ret-8"}]
+    doc = problem(await intake.post("/v1/events", content=body(batch), headers=auth(keys.partner, BATCH)), 422)
+    assert pointers(doc) == ["/1/subject"]
+    assert await records_for(intake_settings, {"ret-9"}) == []  # all or nothing
     reported = report("ret-0", subject="REF-ret")
     retraction.update(id="ret-2", subject="REF-ret")
     r = await intake.post("/v1/events", content=body([reported, retraction]), headers=auth(keys.partner, BATCH))
