@@ -7,8 +7,9 @@ wrote exactly one output per input.
 
     .venv/bin/python -m benchmarks.classifier_throughput [--events 20000] [--runs 1]
 
-The peer runs as a subprocess with ``TNR_BENCH_PEER_PYTHON`` (default: this interpreter); see
-docs/classifier.md for its virtual environment.
+The peer runs as a subprocess with ``TNR_BENCH_PEER_PYTHON`` (default: this interpreter, which
+then needs quixstreams); benchmarks/classifier_peer_requirements.txt sets up an environment
+of its own, since quixstreams pins pydantic below this project's pin.
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ def run_peer(settings: Settings, count: int, output: str, run: int) -> tuple[flo
          "--count", str(count)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=False,
     )
+    if done.returncode != 0 and "No module named 'quixstreams'" in done.stderr:
+        raise SystemExit(
+            f"{python} has no quixstreams: see benchmarks/classifier_peer_requirements.txt, then run with "
+            "TNR_BENCH_PEER_PYTHON=.cache/venv-bench/bin/python"
+        )
     if done.returncode != 0:
         raise RuntimeError(f"Quix Streams peer failed:\n{done.stderr[-3000:]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"]), children_cpu() - cpu

@@ -237,11 +237,7 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
             for scope in scopes:
                 if rule.without is not None and rule.without.search(norm, *scope):
                     continue
-                # A segment-scoped rule matches inside its segment only (never across one).
-                spans = candidates if scope == sentence else [
-                    m.span() for m in rule.trigger.finditer(norm, *scope)
-                ] if any(scope[0] <= c[0] < scope[1] for c in candidates) else []
-                for trigger in spans:
+                for trigger in _triggers_in(rule, norm, scope, sentence, candidates):
                     if trigger[0] == trigger[1] or _overlaps(trigger, claimed):
                         continue
                     start, end = trigger
@@ -261,6 +257,18 @@ def find_acts(text: str, lexicon: Lexicon | None = None) -> list[Finding]:
                     findings.append(Finding(rule.act, rule.id, start, end, text[start:end]))
     findings.sort(key=lambda f: (f.start, f.end, f.act.value))
     return findings
+
+
+def _triggers_in(
+    rule: Rule, text: str, scope: tuple[int, int], sentence: tuple[int, int], candidates: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The rule's trigger matches inside ``scope``; a segment-scoped rule never matches across
+    a segment boundary, so it is matched again within the segment (only where it can match)."""
+    if scope == sentence:
+        return candidates
+    if not any(scope[0] <= start < scope[1] for start, _ in candidates):
+        return []
+    return [match.span() for match in rule.trigger.finditer(text, *scope)]
 
 
 def _nearest(
