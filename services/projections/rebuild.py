@@ -341,7 +341,7 @@ async def _run(
                     events, count, unchanged = item
                     t0 = time.monotonic()
                     async with conn.transaction():
-                        report.events += await apply_events(conn, generation, events, unchanged=unchanged)
+                        report.events += await apply_events(conn, generation, events, unchanged=unchanged, bulk=True)
                     report.timings["fold and write"] += time.monotonic() - t0
                     bar.update(count)
             finally:

@@ -28,10 +28,16 @@ def decode(event: CloudEvent) -> BaseModel:
 
 
 async def apply_events(
-    conn: asyncpg.Connection, generation: str, events: Sequence[LogEvent], *, unchanged: int = 0
+    conn: asyncpg.Connection,
+    generation: str,
+    events: Sequence[LogEvent],
+    *,
+    unchanged: int = 0,
+    bulk: bool = False,
 ) -> int:
     """Fold events (in log order) into ``generation``; returns how many were applied.
-    ``unchanged`` counts events a replay found to change nothing without decoding them."""
+    ``unchanged`` counts events a replay found to change nothing without decoding them;
+    ``bulk``: a replay's writer (a connection without our JSON codecs, the only writer)."""
     done = await store.generation_offsets(conn, generation)
     fresh = [e for e in events if e.offset >= done.get((e.topic, e.partition), 0)]
     if not fresh and not unchanged:
@@ -40,7 +46,7 @@ async def apply_events(
     erased = await store.load_erased(conn, generation, sorted(target_refs(fresh)))
     result = fold(states, erased, fresh)
     result.applied += unchanged
-    await store.write(conn, generation, result)
+    await store.write(conn, generation, result, all_new=bulk and not states)
     return result.applied
 
 

@@ -143,11 +143,15 @@ async def load_erased(conn: asyncpg.Connection, generation: str, target_refs: Se
     return {r["target_ref"]: r["erased_at"] for r in rows}
 
 
-async def write(conn: asyncpg.Connection, generation: str, result: FoldResult) -> None:
-    """Everything a folded batch changes, in a handful of statements."""
+async def write(conn: asyncpg.Connection, generation: str, result: FoldResult, *, all_new: bool = False) -> None:
+    """Everything a folded batch changes, in a handful of statements. ``all_new``: none of the
+    batch's incidents is stored yet and ``conn`` has asyncpg's own JSON codecs (a replay's
+    writer), so the rows can be COPYed straight into the table."""
     schema = _schema(generation)
     changed = result.changed_incidents()
-    if changed:
+    if changed and all_new:
+        await _copy_new_incidents(conn, generation, changed)
+    elif changed:
         await _write_incidents(conn, schema, changed)
     if result.alerts:
         rows = [alert_row(a) for a in result.alerts.values()]
@@ -218,6 +222,40 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS projections_stage (
     target_group text, act_types text[], pace_methods text[], ccdi_methods text[],
     persuasion_channels text[], ir_categories text[], classifier_version text
 ) ON COMMIT DELETE ROWS"""
+
+
+_INCIDENT_TABLE_COLUMNS = [
+    "incident_id", "target_ref", "partner", "report", "report_in_classified", "classified",
+    "report_received_at", "classified_received_at", "retracted", "retraction_reason",
+    "occurred_on", "year", "country", "target_group", "act_types",
+    "pace_methods", "ccdi_methods", "persuasion_channels", "ir_categories", "classifier_version",
+]  # fmt: skip
+
+
+async def _copy_new_incidents(conn: asyncpg.Connection, generation: str, writes: list[IncidentWrite]) -> None:
+    records = []
+    for w in writes:
+        columns, labels = w.report_columns, w.classification
+        records.append(
+            (
+                w.incident_id, w.target_ref, w.partner,
+                None if w.report_in_classified else w.report_json,
+                w.report_in_classified, w.classified_json,
+                w.report_received_at, w.classified_received_at, w.retracted, w.retraction_reason,
+                *(
+                    (columns.occurred_on, columns.year, columns.country, columns.target_group, columns.act_types)
+                    if columns else (None, None, None, None, [])
+                ),
+                *(
+                    (labels.pace_methods, labels.ccdi_methods, labels.persuasion_channels,
+                     labels.ir_categories, labels.classifier_version)
+                    if labels else ([], [], [], [], None)
+                ),
+            )
+        )  # fmt: skip
+    await conn.copy_records_to_table(
+        "incidents", schema_name=generation, columns=_INCIDENT_TABLE_COLUMNS, records=records
+    )
 
 
 async def _write_incidents(conn: asyncpg.Connection, schema: str, writes: list[IncidentWrite]) -> None:
