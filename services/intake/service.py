@@ -364,7 +364,10 @@ async def accept(
         task = asyncio.create_task(_publish(ctx, todo, principal, received_at, audit))
         task.add_done_callback(lambda _: ctx.in_flight.difference_update(keys))
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(task), ctx.publish_timeout)
+            done, _ = await asyncio.wait({task}, timeout=ctx.publish_timeout)  # the write goes on
+            if not done:
+                raise TimeoutError
+            outcome = task.result()
         except TimeoutError:
             ctx.background.add(task)
             task.add_done_callback(ctx.background.discard)
