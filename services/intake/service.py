@@ -56,6 +56,9 @@ LATE_WRITES = Counter(
 
 # The broker or the producer refuses a record by its size: retrying cannot help.
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# Once per process: the SDK makes a new tracer (and a warning) on every get_tracer call. A
+# tracer taken before the provider is installed follows it once it is (OTel's proxy).
+_TRACER = trace.get_tracer("tnrwatch.kafka")
 _KIND = {
     PartnerEventType.INCIDENT_REPORTED: EventType.INCIDENT_REPORTED,
     PartnerEventType.INCIDENT_AMENDED: EventType.INCIDENT_AMENDED,
@@ -211,7 +214,7 @@ def _record(event: CloudEvent, key: str, trace_headers: dict[str, str]) -> Kafka
     if "traceparent" not in partner_trace:
         return to_record(event, key=key, trace_headers=trace_headers)
     parent = propagate.extract(partner_trace)
-    with trace.get_tracer("tnrwatch.kafka").start_as_current_span(
+    with _TRACER.start_as_current_span(
         "send event", kind=trace.SpanKind.PRODUCER, context=parent,
         attributes={"cloudevents.event_id": event.id},
     ):
@@ -269,7 +272,7 @@ async def _publish(
     """Write to the log and settle the claims; one result per event (None when acknowledged)."""
     started = time.monotonic()
     topic = ctx.incidents_topic
-    with trace.get_tracer("tnrwatch.kafka").start_as_current_span(
+    with _TRACER.start_as_current_span(
         f"send {topic}", kind=trace.SpanKind.PRODUCER,
         attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                     "messaging.batch.message_count": len(todo)},
