@@ -16,9 +16,9 @@ import pycountry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.vocabulary import (
+    Actor,
     ActStatus,
     ActType,
-    Actor,
     DatePrecision,
     Outcome,
     Reliability,
