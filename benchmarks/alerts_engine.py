@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import time
 from contextlib import ExitStack
@@ -205,6 +206,9 @@ def main() -> None:
     seeded = time.perf_counter()
     states = seed_states(engine, args.targets, rng)
     print(f"seeded {len(states):,} target states in {time.perf_counter() - seeded:.1f}s")
+    # As in the service (services/alerts/main.py), and the seeded state is long-lived.
+    gc.set_threshold(100_000, 50, 100)
+    gc.freeze()
     events = [
         IncidentSnapshot.from_recorded(incident(rng, 5_000_000 + n, rng.randrange(args.targets)))
         for n in range(args.events)

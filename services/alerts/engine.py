@@ -54,6 +54,7 @@ class IncidentSnapshot:
     outcome: str
     next_hearing_on: date | None
     acts: tuple[ActFact, ...]
+    raw: dict[str, Any] | None = field(default=None, repr=False)  # its JSON, once made or read
 
     @classmethod
     def from_recorded(cls, incident: IncidentRecorded) -> IncidentSnapshot:
@@ -85,7 +86,9 @@ class IncidentSnapshot:
         return max([self.occurred_on, *(a.on for a in self.acts)])
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        if self.raw is not None:
+            return self.raw
+        raw = {
             "incident_id": self.incident_id,
             "target_ref": self.target_ref,
             "partner": self.partner,
@@ -100,6 +103,8 @@ class IncidentSnapshot:
             "next_hearing_on": self.next_hearing_on.isoformat() if self.next_hearing_on else None,
             "acts": [[a.type, a.on.isoformat(), a.actor, a.status] for a in self.acts],
         }
+        object.__setattr__(self, "raw", raw)  # immutable snapshot: its JSON never changes
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> IncidentSnapshot:
@@ -118,6 +123,7 @@ class IncidentSnapshot:
             outcome=raw["outcome"],
             next_hearing_on=date.fromisoformat(hearing) if hearing else None,
             acts=tuple(ActFact(t, date.fromisoformat(on), actor, st) for t, on, actor, st in raw["acts"]),
+            raw=raw,
         )
 
 
@@ -152,13 +158,21 @@ class FindingMemo:
     incident_ids: tuple[str, ...]
     acts: tuple[tuple[str, int], ...]
     deadline: date | None
+    raw: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # its JSON, once made
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "incident_ids": list(self.incident_ids),
-            "acts": [list(a) for a in self.acts],
-            "deadline": self.deadline.isoformat() if self.deadline else None,
-        }
+        if self.raw is None:
+            object.__setattr__(
+                self,
+                "raw",
+                {
+                    "incident_ids": list(self.incident_ids),
+                    "acts": [list(a) for a in self.acts],
+                    "deadline": self.deadline.isoformat() if self.deadline else None,
+                },
+            )
+        assert self.raw is not None
+        return self.raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> FindingMemo:
@@ -166,6 +180,7 @@ class FindingMemo:
             incident_ids=tuple(raw["incident_ids"]),
             acts=tuple((i, int(n)) for i, n in raw["acts"]),
             deadline=date.fromisoformat(raw["deadline"]) if raw.get("deadline") else None,
+            raw=raw,
         )
 
 
@@ -227,14 +242,29 @@ class Evaluation:
 # --- Rows: what conditions select from ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     when: date
     incident: IncidentSnapshot
     act_index: int  # -1 for an incident row
     mask: int  # bit i set: leaf i of the rule set selects this row
-    matched: MatchedAct | None  # built once per act row: alerts quote it
     values: dict[str, str | None]  # the attributes rules count distinct values of
+    matched_act: MatchedAct | None = None  # built when an alert first quotes it
+
+    @property
+    def matched(self) -> MatchedAct | None:
+        if self.act_index < 0:
+            return None
+        if self.matched_act is None:
+            act = self.incident.acts[self.act_index]
+            self.matched_act = MatchedAct.model_construct(
+                incident_id=self.incident.incident_id,
+                act_index=self.act_index,
+                type=ActType(act.type),
+                on=act.on,
+                status=ActStatus(act.status),
+            )
+        return self.matched_act
 
 
 class _Compiled:
@@ -254,6 +284,8 @@ class _Compiled:
                 mask |= bit
             self.rule_mask[rule.id] = mask
         self.distinct = sorted({leaf.distinct for leaf in self.leaves if leaf.distinct})
+        self.filtered = sorted({f.attribute for leaf in self.leaves for f in leaf.filters})
+        self._masks: dict[tuple[object, ...], int] = {}
         self.kind_mask = {kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds}
 
     def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
@@ -269,26 +301,27 @@ class _Compiled:
             "status_abroad": inc.status_abroad,
             "outcome": inc.outcome,
         }
-        rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), None, self._values(base))]
+        rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), self._values(base))]
         for i, act in enumerate(inc.acts):
             attrs = dict(base)
             attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
             for name, by_type in self.rules.derived.items():
                 attrs[name] = by_type.get(act.type)
-            matched = MatchedAct.model_construct(
-                incident_id=inc.incident_id,
-                act_index=i,
-                type=ActType(act.type),
-                on=act.on,
-                status=ActStatus(act.status),
-            )
-            rows.append(_Row(act.on, inc, i, self._mask(attrs, is_act=True), matched, self._values(attrs)))
+            rows.append(_Row(act.on, inc, i, self._mask(attrs, is_act=True), self._values(attrs)))
         return rows
 
     def _values(self, attrs: dict[str, str | None]) -> dict[str, str | None]:
         return {name: attrs.get(name) for name in self.distinct}
 
     def _mask(self, attrs: dict[str, str | None], *, is_act: bool) -> int:
+        # Memoised on the values the filters look at: rows repeat the same few combinations.
+        signature = (is_act, *(attrs.get(a) for a in self.filtered))
+        mask = self._masks.get(signature)
+        if mask is None:
+            mask = self._masks[signature] = self._compute_mask(attrs, is_act=is_act)
+        return mask
+
+    def _compute_mask(self, attrs: dict[str, str | None], *, is_act: bool) -> int:
         mask = 0
         for n, leaf in enumerate(self.leaves):
             if (leaf.scope == "acts") == is_act and all(f.accepts(attrs.get(f.attribute)) for f in leaf.filters):

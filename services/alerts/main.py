@@ -3,6 +3,7 @@ consumer of classified incidents, the delivery workers and the alerts API (port 
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -51,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    # The rule state held in memory is millions of long-lived objects: full collections of
+    # them are what the default thresholds spend most time on (see benchmarks/alerts_engine).
+    gc.set_threshold(100_000, 50, 100)
     serve(create_app(settings), default_port=DEFAULT_PORT)
 
 

@@ -92,6 +92,7 @@ class AlertsHandler:
     def __init__(self, engine: Engine, receivers: ReceiversConfig) -> None:
         self.engine = engine
         self.receivers = receivers
+        self.states = store.StateCache()
 
     async def __call__(self, conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]]) -> None:
         now = datetime.now(UTC)
@@ -106,7 +107,7 @@ class AlertsHandler:
         wanted: set[str] = {k for f in filings.values() for k in f.keys}
         for snap in snapshots.values():
             wanted.update(self.engine.keys_for(snap))
-        states = await store.load_states(conn, sorted(wanted))
+        states = await store.load_states(conn, sorted(wanted), self.states)
         watermark = await store.load_watermark(conn)
         touched_states: set[str] = set()
         touched_filings: set[str] = set()
@@ -141,7 +142,7 @@ class AlertsHandler:
                 filings[value.incident_id] = IncidentFiling([], value.received_at, retracted=True)
                 touched_filings.add(value.incident_id)
 
-        await store.save_states(conn, {k: states[k] for k in touched_states})
+        await store.save_states(conn, {k: states[k] for k in touched_states}, self.states)
         await store.save_filings(conn, {i: filings[i] for i in touched_filings})
         if watermark is not None:
             await store.save_watermark(conn, watermark)

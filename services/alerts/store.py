@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -32,24 +33,66 @@ async def save_watermark(conn: asyncpg.Connection, watermark: date) -> None:
     )
 
 
-async def load_states(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, KeyState]:
+class StateCache:
+    """Key states kept between batches, each with the version token it was written under.
+
+    A state is trusted only if the table still holds the same token, so a rolled-back batch
+    or a write by another replica makes the service read the state again."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self.entries: dict[str, tuple[uuid.UUID, KeyState]] = {}
+
+    def get(self, key: str, version: uuid.UUID | None) -> KeyState | None:
+        entry = self.entries.get(key)
+        if entry is None or version is None or entry[0] != version:
+            return None
+        return entry[1]
+
+    def put(self, key: str, version: uuid.UUID, state: KeyState) -> None:
+        if len(self.entries) >= self.capacity and key not in self.entries:
+            self.entries.pop(next(iter(self.entries)))  # oldest first
+        self.entries[key] = (version, state)
+
+
+async def load_states(
+    conn: asyncpg.Connection, keys: Sequence[str], cache: StateCache | None = None
+) -> dict[str, KeyState]:
+    """The states of ``keys``, locked for this transaction (FOR UPDATE)."""
     rows = await conn.fetch(
-        "SELECT key, state FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE", list(keys)
+        "SELECT key, version FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE", list(keys)
     )
-    return {r["key"]: KeyState.from_json(r["state"]) for r in rows}
+    states: dict[str, KeyState] = {}
+    missing = []
+    for r in rows:
+        cached = cache.get(r["key"], r["version"]) if cache is not None else None
+        if cached is None:
+            missing.append(r["key"])
+        else:
+            states[r["key"]] = cached
+    if missing:
+        for r in await conn.fetch("SELECT key, state FROM rule_state WHERE key = ANY($1::text[])", missing):
+            states[r["key"]] = KeyState.from_json(r["state"])
+    return states
 
 
-async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState]) -> None:
+async def save_states(
+    conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None
+) -> None:
     empty = [k for k, s in states.items() if s.empty]
-    full = [(k, s.to_json()) for k, s in states.items() if not s.empty]
+    versions = {k: uuid.uuid4() for k, s in states.items() if not s.empty}
     if empty:
         await conn.execute("DELETE FROM rule_state WHERE key = ANY($1::text[])", empty)
-    if full:
+    if versions:
         await conn.executemany(
-            """INSERT INTO rule_state (key, state) VALUES ($1, $2)
-               ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
-            full,
+            """INSERT INTO rule_state (key, state, version) VALUES ($1, $2, $3)
+               ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+                   updated_at = now()""",
+            [(k, states[k].to_json(), v) for k, v in versions.items()],
         )
+    if cache is not None:
+        for key, version in versions.items():
+            cache.put(key, version, states[key])
 
 
 @dataclass
