@@ -44,6 +44,7 @@ from shared.events import (
 from shared.kafka import ensure_topics, topics_for
 from shared.serialization import to_record
 from shared.settings import Settings
+from shared.telemetry import setup_tracing
 from shared.vocabulary import ActType, DatePrecision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,9 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
 
+    # Ours runs as the service runs it: with the tracer installed (exporter "none" by default),
+    # so it creates and propagates a span per event; the peer does no tracing.
+    setup_tracing("classifier")
     settings = Settings(kafka_bootstrap=bootstrap(), topic_prefix=f"bench-{secrets.token_hex(3)}",
                         topic_partitions=PARTITIONS)
     await ensure_topics(settings)
@@ -212,7 +216,8 @@ async def main() -> None:
     print(f"\nconsume-classify-produce, transactions on, {args.events} events, {PARTITIONS} partitions, "
           f"broker {settings.kafka_bootstrap}, {args.runs} run(s), order alternating")
     print(f"cpus: {os.cpu_count()}; wall time includes start-up (group join, worker start) and the last commit;")
-    print("cpu = user+sys seconds of the pipeline's own process(es), the broker's not included")
+    print("cpu = user+sys seconds of the pipeline's own process(es), the broker's not included;")
+    print("ours traces every event (a span each, as the service does), the peer traces nothing")
     print(f"{'pipeline':<40} {'median s':>9} {'best s':>8} {'events/s':>9} {'cpu s':>7} {'cpu us/event':>13}")
     for name, runs in results.items():
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
