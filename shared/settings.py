@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     service_name: str = "tnrwatch"
     # Tells apart instances of one service (e.g. the classifier's transactional.id).
     instance_id: str = "0"
-    # Classifier worker processes (1: classify in a thread of the service; 0: one per CPU, at
+    # Classifier worker processes (1: classify in the service's event loop; 0: one per CPU, at
     # most 4). Processes pay off only with CPUs to spare beyond the broker's: see docs/classifier.md.
     classifier_workers: int = 1
     host: str = "127.0.0.1"
