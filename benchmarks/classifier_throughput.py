@@ -193,7 +193,7 @@ async def main() -> None:
     await fill_log(settings, args.events)
     auto = resolve_workers(0)
     pipelines = {
-        "tnrwatch ClassifierLoop, 1 thread": 1,
+        "tnrwatch ClassifierLoop, in event loop": 1,
         f"tnrwatch ClassifierLoop, {auto} processes": auto,
         "Quix Streams 3.28 (exactly-once)": 0,
     }
