@@ -48,13 +48,14 @@ log = logging.getLogger(__name__)
 CLASSIFIED = Counter("tnrwatch_classifier_events_total", "Incidents classified", ["outcome"])
 _CLASSIFIED_OK, _SKIPPED, _DEAD = (CLASSIFIED.labels(o) for o in ("classified", "skipped", "dead_letter"))
 ABORTED = Counter("tnrwatch_classifier_aborted_batches_total", "Batches aborted and re-read")
-BATCH_SECONDS = Histogram("tnrwatch_classifier_batch_seconds", "One transaction: classify and commit")
+BATCH_SECONDS = Histogram("tnrwatch_classifier_batch_seconds", "One transaction: write the outputs and commit")
 GROUP_ID = "classifier"
 # After this many aborted batches in a row the loop gives up and the supervisor rebuilds the
 # consumer and producer from scratch (a broker that keeps refusing is not a transient glitch).
 MAX_CONSECUTIVE_ABORTS = 5
 # Events classified between two yields to the event loop when classifying in it (~5 ms).
 INLINE_SLICE = 16
+
 
 def instance_transactional_id(settings: Settings) -> str:
     """Stable per instance (``TNR_INSTANCE_ID``, default 0): a restart fences its predecessor,
