@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -72,6 +73,10 @@ async def run(rate: float, seconds: float) -> None:
             connected = asyncio.Event()
 
             async def listen() -> None:
+                with contextlib.suppress(httpx.HTTPError):
+                    await read_stream()
+
+            async def read_stream() -> None:
                 async with (
                     httpx.AsyncClient(timeout=None) as client,
                     client.stream("GET", procs["alerts"].url + "/v1/alerts/stream", headers=auth) as response,
@@ -89,6 +94,7 @@ async def run(rate: float, seconds: float) -> None:
             listener = asyncio.create_task(listen())
             await asyncio.wait_for(connected.wait(), 30)
             sent: dict[str, float] = {}
+            answered: dict[str, float] = {}
             failures = 0
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             async with httpx.AsyncClient(base_url=procs["intake"].url, timeout=30, limits=limits) as intake:
@@ -104,7 +110,8 @@ async def run(rate: float, seconds: float) -> None:
                     if r.status_code != 202:
                         failures += 1
                         return
-                    sent[r.json()["accepted"][0]["incident_id"]] = started
+                    incident_id = r.json()["accepted"][0]["incident_id"]
+                    sent[incident_id], answered[incident_id] = started, time.perf_counter()
 
                 await asyncio.gather(*(post(n, "warmup") for n in range(20)))
                 sent.clear()
@@ -125,20 +132,29 @@ async def run(rate: float, seconds: float) -> None:
                 await asyncio.sleep(0.2)
             listener.cancel()
             latencies = sorted((arrived[i] - t) * 1000 for i, t in sent.items() if i in arrived)
+            # After intake answered 202: the log, the classifier, the alerts service, SSE.
+            downstream = sorted((arrived[i] - answered[i]) * 1000 for i in sent if i in arrived)
+            accepted = sorted((answered[i] - t) * 1000 for i, t in sent.items())
             missing = sum(1 for i in sent if i not in arrived)
 
-            def pct(p: float) -> float:
-                return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
+            def pct(values: list[float], p: float) -> float:
+                return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
             print(
-                f"\n{'rate (target)':>14}{'achieved':>10}{'reports':>9}{'alerts':>8}{'missing':>9}{'failed':>8}"
-                f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}"
+                f"\nrate {rate:.0f}/s, achieved {achieved:.1f}/s; {len(sent)} reports, {len(latencies)} alerts, "
+                f"{missing} missing, {failures} failed posts"
             )
-            print(
-                f"{rate:>14.0f}{achieved:>10.1f}{len(sent):>9}{len(latencies):>8}{missing:>9}{failures:>8}"
-                f"{pct(50):>9.1f}{pct(90):>9.1f}{pct(99):>9.1f}{latencies[-1]:>9.1f}"
-                f"{statistics.fmean(latencies):>9.1f}"
+            print(f"{'span':<34}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}")
+            spans = (
+                ("POST -> alert on SSE", latencies),
+                ("POST -> 202 (intake)", accepted),
+                ("202 -> alert on SSE (downstream)", downstream),
             )
+            for name, values in spans:
+                print(
+                    f"{name:<34}{pct(values, 50):>9.1f}{pct(values, 90):>9.1f}{pct(values, 99):>9.1f}"
+                    f"{values[-1]:>9.1f}{statistics.fmean(values):>9.1f}"
+                )
             print("target: p99 < 250 ms")
         finally:
             for proc in procs.values():
