@@ -9,7 +9,6 @@ finds nothing new and emits nothing.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ class ActFact:
     status: str
 
 
-@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class IncidentSnapshot:
     """What the rules may see of one version of an incident (no personal data)."""
 
@@ -55,6 +54,7 @@ class IncidentSnapshot:
     next_hearing_on: date | None
     acts: tuple[ActFact, ...]
     raw: dict[str, Any] | None = field(default=None, repr=False)  # its JSON, once made or read
+    rows: tuple[Any, list[Any]] | None = field(default=None, repr=False)  # (engine, its rows), a cache
 
     @classmethod
     def from_recorded(cls, incident: IncidentRecorded) -> IncidentSnapshot:
@@ -405,15 +405,16 @@ class Engine:
         self.rules = rules
         self._by_kind = {kind: rules.for_key(kind) for kind in rules.key_kinds}
         self._compiled = _Compiled(rules)
-        # Rows per snapshot object, for as long as the snapshot lives (in a key's state).
-        self._rows: weakref.WeakKeyDictionary[IncidentSnapshot, list[_Row]] = weakref.WeakKeyDictionary()
 
     def rows(self, incident: IncidentSnapshot) -> list[_Row]:
-        """An incident version's rows, computed once (snapshots are immutable)."""
-        cached = self._rows.get(incident)
-        if cached is None:
-            cached = self._rows[incident] = self._compiled.rows_of(incident)
-        return cached
+        """An incident version's rows, computed once (snapshots are immutable). Kept on the
+        snapshot with the engine they were computed for (masks depend on the rules)."""
+        cached = incident.rows
+        if cached is not None and cached[0] is self:
+            return cached[1]
+        rows = self._compiled.rows_of(incident)
+        object.__setattr__(incident, "rows", (self, rows))
+        return rows
 
     def keys_for(self, incident: IncidentSnapshot) -> list[str]:
         """The keys an incident is filed under: only where some rule of that key can use it."""
@@ -560,7 +561,7 @@ class Engine:
         )
         if found == memo:
             return found, None  # nothing new: skip building the evaluation
-        matched = tuple(r.matched for r in witness if r.matched is not None)
+        matched = tuple(m for r in witness if (m := r.matched) is not None)
         return found, Evaluation(
             rule=rule.id,
             severity=rule.severity,
