@@ -1,4 +1,4 @@
-"""The act table as taxonomy.md (v1) writes it, copied from the spec (tests never read ../shared)
+"""The act table as taxonomy.md (v1) writes it, copied from the spec (tests never read the spec folder outside the repo)
 and kept apart from services/classifier/act_table.toml: the tests compare the two."""
 
 # act type: (PACE, CCDI, channel, IR); "" where the table has no entry
