@@ -17,6 +17,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +103,32 @@ async def drive(port: int, requests: list[bytes], connections: int) -> tuple[flo
     return time.perf_counter() - started, statuses, accepted
 
 
+class Profiler:
+    """``--profile DIR``: py-spy samples the worker during each phase (collapsed stacks, one
+    file per phase; read them with ``python -m benchmarks.intake_profile DIR/<phase>.txt``).
+    Sampling runs in py-spy's own process, from outside the worker."""
+
+    def __init__(self, out: Path | None, pid: int) -> None:
+        self.out, self.pid = out, pid
+        self.running: subprocess.Popen[bytes] | None = None
+
+    def start(self, phase: str) -> None:
+        if self.out is None:
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.running = subprocess.Popen([spy, "record", "-p", str(self.pid), "-f", "raw", "-r", "200",
+                                         "-o", str(self.out / f"{phase}.txt")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the load starts
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.send_signal(2)  # SIGINT: py-spy writes its file and exits
+            self.running.wait(30)
+            self.running = None
+
+
 async def written_records(settings: Settings) -> list[Any]:
     topic = topics_for(settings).incidents
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
@@ -140,7 +169,7 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
         await producer.stop()
 
 
-async def main(single: int, batches: int, connections: int) -> None:
+async def main(single: int, batches: int, connections: int, profile: Path | None = None) -> None:
     infra = _local_stack()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     settings = await isolated_settings(infra.kafka_bootstrap, infra.database_url,
@@ -161,8 +190,11 @@ async def main(single: int, batches: int, connections: int) -> None:
                    for e in events("single", single)]
         assert process.process is not None
         pid = process.process.pid
+        profiler = Profiler(profile, pid)
+        profiler.start("single")
         cpu = cpu_seconds(pid)
         elapsed, statuses, accepted = await drive(port, singles, connections)
+        profiler.stop()
         assert statuses == {202: single} and accepted == single, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("single posts (structured)", accepted, accepted / elapsed, accepted / cpu,
@@ -171,8 +203,10 @@ async def main(single: int, batches: int, connections: int) -> None:
         batch_events = events("batch", batches * 100)
         bodies = [json.dumps(batch_events[i:i + 100]).encode() for i in range(0, len(batch_events), 100)]
         requests = [http_request(port, key, "application/cloudevents-batch+json", b) for b in bodies]
+        profiler.start("batch")
         cpu = cpu_seconds(pid)
         elapsed, statuses, accepted = await drive(port, requests, 8)
+        profiler.stop()
         assert statuses == {202: batches} and accepted == batches * 100, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("batches of 100", accepted, accepted / elapsed, accepted / cpu, "8 connections"))
@@ -213,5 +247,6 @@ if __name__ == "__main__":
     parser.add_argument("--single", type=int, default=6000)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the worker, stacks into this folder")
     args = parser.parse_args()
-    asyncio.run(main(args.single, args.batches, args.connections))
+    asyncio.run(main(args.single, args.batches, args.connections, args.profile))
