@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -118,7 +119,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    serve(create_app(settings), default_port=DEFAULT_PORT)
+    app = create_app(settings)
+    # Parsing a batch allocates thousands of containers, which set off collections that walk
+    # every object of the process (FastAPI, pydantic's schemas, aiokafka): measured ~13 µs an
+    # event. The start-up objects live for ever, so they are frozen out of the collector, and
+    # collections come ten times less often (intake makes few reference cycles).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7_000, 20, 20)
+    serve(app, default_port=DEFAULT_PORT)
 
 
 if __name__ == "__main__":
