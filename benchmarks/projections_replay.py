@@ -25,19 +25,20 @@ import io
 import pstats
 import time
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
-import asyncpg
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
-from services.projections.rebuild import MIGRATIONS, _partitions, projection_topics, rebuild
-from shared.db import create_pool, prepare_database
-from shared.kafka import ensure_topics, make_consumer
-from shared.settings import Settings
-from tests.harness import drop_database, isolated_settings
-from tests.infra import start_infra
-from tests.projections.logdata import LogWriter
+# Everything else is imported inside the functions: a replay's decoding workers are spawned
+# processes, which import the main module again; as under `tnrwatch replay projections`
+# (whose main module imports nothing but the command table), that must stay cheap, or the
+# workers' start-up would be measured as part of the replay.
 
 
 async def seed(settings: Settings, incidents: int) -> float:
+    from tests.projections.logdata import LogWriter
+
     started = time.monotonic()
     async with LogWriter(settings) as log:
         await log.many(incidents, batch=5000)
@@ -46,6 +47,9 @@ async def seed(settings: Settings, incidents: int) -> float:
 
 async def raw_kafka(settings: Settings) -> tuple[int, float, list[tuple[str, str, str, bytes]]]:
     """Every record of the topics, fetched and kept as bytes; nothing decoded."""
+    from services.projections.rebuild import _partitions, projection_topics
+    from shared.kafka import make_consumer
+
     consumer = make_consumer(
         settings,
         group_id="bench-raw",
@@ -77,6 +81,8 @@ async def raw_kafka(settings: Settings) -> tuple[int, float, list[tuple[str, str
 
 
 async def copy_rows(settings: Settings, rows: list[tuple[str, str, str, bytes]], *, table: str) -> float:
+    import asyncpg
+
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(f"CREATE TABLE {table} (incident_id text, target_ref text, partner text, data json)")
@@ -91,6 +97,12 @@ async def copy_rows(settings: Settings, rows: list[tuple[str, str, str, bytes]],
 
 
 async def main() -> None:
+    from services.projections.rebuild import MIGRATIONS, rebuild
+    from shared.db import create_pool, prepare_database
+    from shared.kafka import ensure_topics
+    from tests.harness import drop_database, isolated_settings
+    from tests.infra import start_infra
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--incidents", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")

@@ -32,14 +32,14 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from services.projections import store
-from services.projections.folding import ClassifiedFact, LogEvent, fact_from_tuple, fact_of, fact_tuple
+from services.projections.decoding import decode_payloads, worker_init
+from services.projections.folding import ClassifiedFact, LogEvent, fact_from_tuple
 from services.projections.service import apply_events
 from shared.db import create_pool, prepare_database
-from shared.events import EVENT_DATA_MODELS, EventType
+from shared.events import EventType
 from shared.kafka import ensure_topics, make_consumer, topics_for
 from shared.settings import Settings
 
@@ -69,26 +69,6 @@ class RebuildReport:
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-
-def decode_payloads(items: Sequence[tuple[bytes | None, bytes | None]]) -> list[tuple[Any, ...] | None]:
-    """(ce_type, value) pairs to flat facts, with the full validation of the live consumer;
-    ``None`` for records no consumer can use. Runs in a worker process during a replay."""
-    out: list[tuple[Any, ...] | None] = []
-    for event_type, value in items:
-        model = EVENT_DATA_MODELS.get(event_type.decode(errors="replace")) if event_type else None
-        fact = None
-        if model is not None and value is not None:
-            try:
-                fact = fact_of(model.model_validate_json(value))
-            except ValidationError:
-                fact = None
-        out.append(fact_tuple(fact) if fact is not None else None)
-    return out
-
-
-def _worker_init() -> None:
-    gc.set_threshold(200_000, 50, 100)  # see rebuild()
 
 
 _REPORT_TYPES = {EventType.INCIDENT_REPORTED.value.encode(), EventType.INCIDENT_AMENDED.value.encode()}
@@ -278,9 +258,9 @@ async def _build(
         # beside this one (which fetches, folds and writes). Spawned, not forked: this process
         # runs threads and an event loop.
         workers = decode_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
-        decoder = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )
+        decoder = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init)
+        for _ in range(workers):  # start them now: they import while the consumer connects
+            decoder.submit(decode_payloads, [])
         await consumer.start()
         try:
             report = await _run(
