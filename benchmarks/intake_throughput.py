@@ -75,6 +75,19 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+LATENCIES: list[float] = []  # of every request of the phase being driven
+
+
+def latency_note() -> str:
+    """Median and slowest answer of the phase (a phase slow in wall time but not in CPU time
+    waited for the broker or PostgreSQL, shared with everybody's tests on this machine)."""
+    ordered = sorted(LATENCIES)
+    LATENCIES.clear()
+    if not ordered:
+        return ""
+    return f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+
+
 async def drive(port: int, requests: list[bytes], connections: int) -> tuple[float, dict[int, int], int]:
     """Send every request over ``connections`` keep-alive connections (a minimal HTTP/1.1
     client: the load generator must cost far less than the server it measures)."""
@@ -90,8 +103,10 @@ async def drive(port: int, requests: list[bytes], connections: int) -> tuple[flo
         try:
             while not queue.empty():
                 request = queue.get_nowait()
+                sent = time.perf_counter()
                 writer.write(request)
                 status, body = await _read_response(reader)
+                LATENCIES.append(time.perf_counter() - sent)
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 202:
                     accepted += len(json.loads(body)["accepted"])
@@ -185,6 +200,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         warm = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
                 for e in events("warm", 200)]
         await drive(port, warm, 16)
+        latency_note()
 
         singles = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
                    for e in events("single", single)]
@@ -198,7 +214,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         assert statuses == {202: single} and accepted == single, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("single posts (structured)", accepted, accepted / elapsed, accepted / cpu,
-                     f"{connections} connections"))
+                     f"{connections} connections, {latency_note()}"))
 
         batch_events = events("batch", batches * 100)
         bodies = [json.dumps(batch_events[i:i + 100]).encode() for i in range(0, len(batch_events), 100)]
@@ -209,7 +225,8 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         profiler.stop()
         assert statuses == {202: batches} and accepted == batches * 100, statuses
         cpu = cpu_seconds(pid) - cpu
-        rows.append(("batches of 100", accepted, accepted / elapsed, accepted / cpu, "8 connections"))
+        rows.append(("batches of 100", accepted, accepted / elapsed, accepted / cpu,
+                     f"8 connections, {latency_note()}"))
 
         dupes = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
                  for e in events("single", min(single, 3000))]
@@ -218,7 +235,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         assert statuses == {202: len(dupes)}, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("re-posts (duplicates)", len(dupes), len(dupes) / elapsed, len(dupes) / cpu,
-                     f"{connections} connections"))
+                     f"{connections} connections, {latency_note()}"))
     finally:
         process.terminate()
     records = [r for r in await written_records(settings) if b"batch-" in r.value]
