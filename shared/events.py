@@ -7,6 +7,7 @@ lives in :mod:`shared.serialization` and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -93,8 +94,15 @@ def new_event(
 # --- The pseudonymised incident, as it travels between services -------------------------------
 
 
+@functools.cache
+def _alpha_2_codes() -> frozenset[str]:
+    """pycountry's codes, once: its look-up takes a lock and lower-cases per call (a hot spot of
+    intake's validation). The same codes ``countries.get(alpha_2=...)`` finds, in upper case."""
+    return frozenset(country.alpha_2 for country in pycountry.countries)
+
+
 def _iso_country(value: str) -> str:
-    if pycountry.countries.get(alpha_2=value) is None or value != value.upper():
+    if value not in _alpha_2_codes():
         raise ValueError(f"not an ISO 3166-1 alpha-2 country code: {value!r}")
     return value
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from opentelemetry import propagate, trace
@@ -207,18 +209,28 @@ def _internal_event(p: Prepared, principal: Principal, received_at: datetime) ->
     )
 
 
+def _data_json(data: Any) -> bytes:
+    """``data`` as the bytes ``to_record`` would make (compact JSON, UTF-8), by orjson: ~15x
+    faster than the standard library, which was a tenth of intake's CPU in batch mode."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the standard library takes it
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _record(event: CloudEvent, key: str, trace_headers: dict[str, str]) -> KafkaRecord:
     """The partner's trace context, when it sent one, is the parent of the write's span, so a
     partner's trace continues through every service."""
+    data_json = _data_json(event.data)
     partner_trace = {k: str(v) for k, v in event.extensions.items() if k in ("traceparent", "tracestate")}
     if "traceparent" not in partner_trace:
-        return to_record(event, key=key, trace_headers=trace_headers)
+        return to_record(event, key=key, trace_headers=trace_headers, data_json=data_json)
     parent = propagate.extract(partner_trace)
     with _TRACER.start_as_current_span(
         "send event", kind=trace.SpanKind.PRODUCER, context=parent,
         attributes={"cloudevents.event_id": event.id},
     ):
-        return to_record(event, key=key, trace_headers=current_trace_headers())
+        return to_record(event, key=key, trace_headers=current_trace_headers(), data_json=data_json)
 
 
 async def _wait_for_others(
