@@ -82,8 +82,12 @@ class AlertRecord:
             deadline=self.deadline,
         )
 
-    def to_api(self) -> dict[str, Any]:
-        body = self.to_event().model_dump(mode="json")
+    def event_json(self) -> dict[str, Any]:
+        """The ``AlertChanged`` data as JSON (the costly part of every write: made once per change)."""
+        return self.to_event().model_dump(mode="json")
+
+    def to_api(self, event_json: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = dict(event_json) if event_json is not None else self.event_json()
         body.update(
             revision=self.revision,
             acknowledged_at=self.acknowledged_at.isoformat() if self.acknowledged_at else None,

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
@@ -45,20 +46,22 @@ def decode(event: CloudEvent) -> BaseModel:
     return event_data(event)
 
 
-def outgoing_for(change: AlertChange, receivers: ReceiversConfig, silenced: bool) -> list[Outgoing]:
+def outgoing_for(
+    change: AlertChange,
+    receivers: ReceiversConfig,
+    silenced: bool,
+    event_json: dict[str, Any] | None = None,
+    api_json: dict[str, Any] | None = None,
+) -> list[Outgoing]:
     """Every change is published on the alerts topic; receivers hear of it only when it is
     worth notifying (raised, resolved, severity up, deadline new or moved) and not silenced."""
     record = change.record
-    out = [
-        Outgoing(
-            KAFKA_RECEIVER,
-            f"rev:{record.revision}",
-            {"type": change.kind.event_type.value, "data": record.to_event().model_dump(mode="json")},
-        )
-    ]
+    event = event_json if event_json is not None else record.event_json()
+    out = [Outgoing(KAFKA_RECEIVER, f"rev:{record.revision}", {"type": change.kind.event_type.value, "data": event})]
     if change.notify_key is not None and not silenced:
+        alert = api_json if api_json is not None else record.to_api(event)
         out.extend(
-            Outgoing(r.name, change.notify_key, {"kind": change.kind.value, "alert": record.to_api()})
+            Outgoing(r.name, change.notify_key, {"kind": change.kind.value, "alert": alert})
             for r in receivers.receivers
             if r.wants(record.rule, record.severity)
         )
@@ -71,7 +74,9 @@ def recorded(
     r = change.record
     silenced = any(s.mutes(r.rule, r.target_ref, r.place, now) for s in silences)
     ALERT_CHANGES.labels(r.rule, change.kind.value).inc()
-    return store.Recorded(change, silenced, outgoing_for(change, receivers, silenced))
+    event = r.event_json()  # once per change: the alert row, its history and the outbox share it
+    api = r.to_api(event)
+    return store.Recorded(change, silenced, outgoing_for(change, receivers, silenced, event, api), event, api)
 
 
 async def commit_changes(

@@ -76,9 +76,7 @@ async def load_states(
     return states
 
 
-async def save_states(
-    conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None
-) -> None:
+async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None) -> None:
     empty = [k for k, s in states.items() if s.empty]
     versions = {k: uuid.uuid4() for k, s in states.items() if not s.empty}
     if empty:
@@ -180,7 +178,11 @@ async def get_alert(
     return _record(row) if row else None
 
 
-def _alert_row(r: AlertRecord) -> tuple[Any, ...]:
+def _alert_row(r: AlertRecord, event_json: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    if event_json is not None:
+        matched = event_json["matched_acts"]
+    else:
+        matched = [m.model_dump(mode="json") for m in r.matched_acts]
     return (
         r.alert_id,
         r.fingerprint,
@@ -190,7 +192,7 @@ def _alert_row(r: AlertRecord) -> tuple[Any, ...]:
         r.target_ref,
         r.place,
         list(r.incident_ids),
-        [m.model_dump(mode="json") for m in r.matched_acts],
+        dumps(matched),
         r.summary,
         r.first_seen,
         r.last_seen,
@@ -207,10 +209,15 @@ def _alert_row(r: AlertRecord) -> tuple[Any, ...]:
     )
 
 
-async def save_alerts(conn: asyncpg.Connection, records: Sequence[AlertRecord]) -> None:
+async def save_alerts(
+    conn: asyncpg.Connection,
+    records: Sequence[AlertRecord],
+    event_json: Sequence[dict[str, Any] | None] | None = None,
+) -> None:
+    events = event_json if event_json is not None else [None] * len(records)
     await conn.executemany(
         f"""INSERT INTO alerts ({_ALERT_COLUMNS})
-            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,now())
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::text::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,now())
             ON CONFLICT (alert_id) DO UPDATE SET
               severity = EXCLUDED.severity, status = EXCLUDED.status, incident_ids = EXCLUDED.incident_ids,
               matched_acts = EXCLUDED.matched_acts, summary = EXCLUDED.summary, first_seen = EXCLUDED.first_seen,
@@ -219,7 +226,7 @@ async def save_alerts(conn: asyncpg.Connection, records: Sequence[AlertRecord]) 
               acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_reason = EXCLUDED.acknowledged_reason,
               resolved_at = EXCLUDED.resolved_at, resolved_by = EXCLUDED.resolved_by,
               resolved_reason = EXCLUDED.resolved_reason, updated_at = now()""",
-        [_alert_row(r) for r in records],
+        [_alert_row(r, e) for r, e in zip(records, events, strict=True)],
     )
 
 
@@ -264,15 +271,17 @@ class Recorded:
     change: AlertChange
     silenced: bool
     outgoing: Sequence[Outgoing]
+    event_json: dict[str, Any] | None = None  # the record's AlertChanged data, when already made
+    api_json: dict[str, Any] | None = None  # the record as the API shows it, when already made
 
 
 async def record_changes(conn: asyncpg.Connection, items: Sequence[Recorded]) -> list[int]:
     """Save the alerts (their latest state), the history rows and the outbox rows of a batch of
-    changes in a few round trips; returns the change ids in order."""
+    changes, one statement per table; returns the change ids in order."""
     if not items:
         return []
-    latest = {i.change.record.alert_id: i.change.record for i in items}
-    await save_alerts(conn, list(latest.values()))
+    latest = {i.change.record.alert_id: i for i in items}
+    await save_alerts(conn, [i.change.record for i in latest.values()], [i.event_json for i in latest.values()])
     change_ids: list[int] = [
         r[0]
         for r in await conn.fetch(
@@ -280,33 +289,38 @@ async def record_changes(conn: asyncpg.Connection, items: Sequence[Recorded]) ->
             len(items),
         )
     ]
-    await conn.executemany(
+    records = [i.change.record for i in items]
+    await conn.execute(
         """INSERT INTO alert_changes (change_id, alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        [
-            (
-                cid,
-                i.change.record.alert_id,
-                i.change.record.fingerprint,
-                i.change.record.revision,
-                i.change.kind.value,
-                i.change.notify_key,
-                i.silenced,
-                i.change.record.to_api(),
-            )
-            for cid, i in zip(change_ids, items, strict=True)
-        ],
+           SELECT c, a, f, r, k, n, s, p::jsonb
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[],
+                         $8::text[]) AS t(c, a, f, r, k, n, s, p)""",
+        change_ids,
+        [r.alert_id for r in records],
+        [r.fingerprint for r in records],
+        [r.revision for r in records],
+        [i.change.kind.value for i in items],
+        [i.change.notify_key for i in items],
+        [i.silenced for i in items],
+        [dumps(i.api_json if i.api_json is not None else i.change.record.to_api()) for i in items],
     )
     outbox = [
-        (o.receiver, i.change.record.fingerprint, o.notify_key, {**o.payload, "change_id": cid})
+        (o.receiver, i.change.record.fingerprint, o.notify_key, dumps({**o.payload, "change_id": cid}))
         for cid, i in zip(change_ids, items, strict=True)
         for o in i.outgoing
     ]
     if outbox:
-        await conn.executemany(
-            """INSERT INTO outbox (receiver, fingerprint, notify_key, payload) VALUES ($1, $2, $3, $4)
+        receivers, fingerprints, notify_keys, payloads = (list(c) for c in zip(*outbox, strict=True))
+        await conn.execute(
+            """INSERT INTO outbox (receiver, fingerprint, notify_key, payload)
+               SELECT r, f, n, p::jsonb
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(r, f, n, p, o)
+                ORDER BY o  -- outbox_id order is delivery order
                ON CONFLICT (receiver, fingerprint, notify_key) DO NOTHING""",
-            outbox,
+            receivers,
+            fingerprints,
+            notify_keys,
+            payloads,
         )
     return change_ids
 
