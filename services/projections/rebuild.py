@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -328,7 +329,7 @@ async def _run(
                 await conn.close()
 
         try:
-            asyncio.run(write_all())
+            uvloop.run(write_all())
         except BaseException as exc:
             failed.append(exc)
             while work.get() is not None:  # unblock the reader until it stops
