@@ -15,6 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.intake import store
 from services.intake.binding import BATCH, BINARY, STRUCTURED, Mode, mode_for, parse
@@ -24,7 +26,8 @@ from services.intake.service import IntakeContext, accept
 from services.intake.validation import prepare
 from services.intake.vault import VaultError, open_identity, unwrap_data_key
 from shared.auth import Principal, authenticate, bearer_token
-from shared.problems import Problem
+from shared.problems import Problem, problem_response
+from shared.web import ServerSpanMiddleware
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -269,3 +272,34 @@ async def target_identity(target_ref: str, request: Request) -> TargetIdentities
         partner=principal.partner, detail=f"target_ref={target_ref}",
     ))
     return TargetIdentities(target_ref=target_ref, identities=unique)
+
+
+EVENTS_PATH = "/v1/events"
+
+
+class EventsFastPath:
+    """``POST /v1/events`` straight to :func:`post_events`, past FastAPI's routing, dependency
+    solving and exception layers: they were a third of a single post's CPU (py-spy, see
+    docs/intake.md), and the handler needs none of them (it reads the raw request, answers
+    problems itself). Inside the same server span as any request; everything else (other
+    paths and methods, the OpenAPI document built from the route) goes through FastAPI."""
+
+    def __init__(self, app: ASGIApp, route: BaseRoute | None = None) -> None:
+        self.app = app
+        self.route = route
+        self.traced = ServerSpanMiddleware(self._post_events)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == EVENTS_PATH:
+            await self.traced(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _post_events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route  # names the server span by the route, as FastAPI would
+        request = Request(scope, receive, send)
+        try:
+            response = await post_events(request)
+        except Problem as problem:  # as shared.problems' handler answers it
+            response = problem_response(problem, request.url.path)
+        await response(scope, receive, send)

@@ -15,7 +15,7 @@ import asyncpg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from services.intake.api import IntakeHttp, openapi_components, router
+from services.intake.api import EVENTS_PATH, EventsFastPath, IntakeHttp, openapi_components, router
 from services.intake.service import IntakeContext, stop_background
 from services.intake.vault import master_key_from
 from shared.db import create_pool, prepare_database
@@ -104,6 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="tnrwatch intake", version="1", lifespan=lifespan, readiness=readiness
     )
     app.include_router(router)
+    # POST /v1/events past FastAPI's routing layers (api.EventsFastPath); the route stays for
+    # the OpenAPI document and names the server span.
+    events_route = next(r for r in router.routes if getattr(r, "path", None) == EVENTS_PATH)
+    app.add_middleware(EventsFastPath, route=events_route)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
