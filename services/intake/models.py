@@ -40,7 +40,7 @@ class Identity(StrictModel):
         return value
 
     def names_somebody(self) -> bool:
-        return any(n and n.strip() for n in (self.name, self.name_zh))
+        return bool((self.name and self.name.strip()) or (self.name_zh and self.name_zh.strip()))
 
 
 class ReportedTarget(TargetProfile):

@@ -18,7 +18,6 @@ Normalisation (docs/intake.md):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -39,9 +38,15 @@ _ALL_HAN = re.compile("[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf9
                       "\U00020000-\U0003134f]+")
 
 
+# Runs of what is not a letter or digit separate name parts: re's \w is str.isalnum() plus
+# "_" (both are Unicode's alphabetic and numeric classes), one C pass instead of one Python
+# step per character.
+_SEPARATORS = re.compile(r"[\W_]+")
+
+
 def normalise_name(name: str) -> str:
     text = unicodedata.normalize("NFKC", name).casefold()
-    tokens = "".join(c if c.isalnum() else " " for c in text).split()
+    tokens = _SEPARATORS.sub(" ", text).split()
     if tokens and _ALL_HAN.fullmatch("".join(tokens)):
         return "".join(tokens)  # Chinese characters: order is meaningful, spaces are not
     return " ".join(sorted(tokens))  # "Li Wei" and "WEI, li" are the same person
@@ -58,9 +63,21 @@ def identity_key(identity: Identity) -> str | None:
     return f"person|{names[0]}|{birth}"
 
 
+# base32 (RFC 4648, lower case) of 160 bits is 32 letters, 10 bits (two letters) at a time:
+# what base64.b32encode(...).lower() gives, without its per-call Python loop (~3 us, ~40 % of
+# a target_ref).
+_B32_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
+
+
+def b32_160(digest: bytes) -> str:
+    """``base64.b32encode(digest).decode().lower()`` for exactly 20 bytes (no padding)."""
+    bits = int.from_bytes(digest, "big")
+    return "".join([_B32_PAIRS[(bits >> shift) & 1023] for shift in range(150, -1, -10)])
+
+
 def _ref(key: bytes, material: str) -> str:
-    digest = hmac.new(key, material.encode(), hashlib.sha256).digest()
-    return "tr_" + base64.b32encode(digest[:20]).decode().rstrip("=").lower()
+    digest = hmac.digest(key, material.encode(), "sha256")  # one-shot, in C: same bytes as hmac.new
+    return "tr_" + b32_160(digest[:20])
 
 
 def person_ref(key: bytes, identity: Identity) -> str | None:

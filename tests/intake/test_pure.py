@@ -186,3 +186,25 @@ def test_fast_uuid5_is_uuid5(source: str, name: str) -> None:
     except UnicodeEncodeError:
         return
     assert incident_id_for(source, name) == expected
+
+
+@given(st.text(max_size=80))
+def test_name_parts_split_where_str_isalnum_says(name: str) -> None:
+    """The separator pattern splits exactly where the per-character definition does."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", name).casefold()
+    tokens = "".join(c if c.isalnum() else " " for c in text).split()
+    from services.intake.pseudonym import _ALL_HAN
+
+    expected = "".join(tokens) if tokens and _ALL_HAN.fullmatch("".join(tokens)) else " ".join(sorted(tokens))
+    assert normalise_name(name) == expected
+
+
+@given(st.binary(min_size=20, max_size=20))
+def test_target_ref_letters_are_base32(digest: bytes) -> None:
+    import base64
+
+    from services.intake.pseudonym import b32_160
+
+    assert b32_160(digest) == base64.b32encode(digest).decode().lower()
