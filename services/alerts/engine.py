@@ -286,6 +286,7 @@ class _Compiled:
         self.distinct = sorted({leaf.distinct for leaf in self.leaves if leaf.distinct})
         self.filtered = sorted({f.attribute for leaf in self.leaves for f in leaf.filters})
         self._masks: dict[tuple[object, ...], int] = {}
+        self._possible_cache: dict[tuple[str, int], bool] = {}
         self.kind_mask = {kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds}
 
     def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
@@ -328,6 +329,22 @@ class _Compiled:
                 mask |= 1 << n
         return mask
 
+    def could_hold(self, cond: Condition, present: int) -> bool:
+        """Whether ``cond`` can hold on rows whose leaf bits together are ``present``: a leaf that
+        selects no row fails (``at_least`` >= 1), so this rules out most keys without counting."""
+        if isinstance(cond, Leaf):
+            return bool(present & self.leaf_bits[id(cond)])
+        if isinstance(cond, AllOf):
+            return all(self.could_hold(part, present) for part in cond.parts)
+        return any(self.could_hold(part, present) for part in cond.parts)
+
+    def _possible(self, rule: Rule, present: int) -> bool:
+        signature = (rule.id, present)
+        possible = self._possible_cache.get(signature)
+        if possible is None:
+            possible = self._possible_cache[signature] = self.could_hold(rule.when, present)
+        return possible
+
     def holds(self, cond: Condition, rows: Sequence[_Row]) -> list[_Row] | None:
         """The rows that make ``cond`` hold among ``rows`` (the witness), or None."""
         if isinstance(cond, Leaf):
@@ -355,7 +372,10 @@ class _Compiled:
         cannot change windows it is not in)."""
         mask = self.rule_mask[rule.id]
         candidates = [r for r in rows if r.mask & mask]  # rows come in date order
-        if not candidates:
+        present = 0
+        for r in candidates:
+            present |= r.mask
+        if not candidates or not self._possible(rule, present & mask):
             return []
         if rule.window_days is None:
             return self.holds(rule.when, candidates) or []
@@ -367,7 +387,13 @@ class _Compiled:
         witness: dict[int, _Row] = {}
         for start in starts:
             lo, hi = bisect_left(dates, start), bisect_right(dates, start + width)
-            found = self.holds(rule.when, candidates[lo:hi])
+            window = candidates[lo:hi]
+            present = 0
+            for r in window:
+                present |= r.mask
+            if not self._possible(rule, present & mask):
+                continue
+            found = self.holds(rule.when, window)
             if found:
                 witness.update((id(r), r) for r in found)
         return sorted(witness.values(), key=_order)
@@ -405,6 +431,7 @@ class Engine:
         self.rules = rules
         self._by_kind = {kind: rules.for_key(kind) for kind in rules.key_kinds}
         self._compiled = _Compiled(rules)
+        self._horizon = {kind: rules.horizon_days(kind) for kind in rules.key_kinds}
 
     def rows(self, incident: IncidentSnapshot) -> list[_Row]:
         """An incident version's rows, computed once (snapshots are immutable). Kept on the
@@ -587,7 +614,7 @@ class Engine:
 
     def _expire(self, state: KeyState, kind: KeyKind, watermark: date) -> None:
         """Drop incidents no window can use any more, unless an alert still stands on them."""
-        horizon = watermark - timedelta(days=self.rules.horizon_days(kind))
+        horizon = watermark - timedelta(days=self._horizon[kind])
         if state.rows_cache and state.rows_cache[0].when >= horizon:
             return  # the oldest row is still usable, so is every incident
         kept = {i for memo in state.findings.values() for i in memo.incident_ids}
