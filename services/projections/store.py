@@ -53,12 +53,16 @@ async def create_generation(conn: asyncpg.Connection) -> str:
         )
         generation = f"projections_g{number}"
         await conn.execute("SELECT projections_create_generation($1)", generation)
+        # No autovacuum while the rebuild loads the table: it would vacuum and analyze (the JSON
+        # columns too) 50,000-row tables mid-load, beside the load, on the same cores.
+        # index_generation analyzes what reads need and hands the table back to autovacuum.
+        await conn.execute(f"ALTER TABLE {_schema(generation)}.incidents SET (autovacuum_enabled = off)")
     return generation
 
 
 async def index_generation(conn: asyncpg.Connection, generation: str) -> None:
-    _schema(generation)
     await conn.execute("SELECT projections_create_indexes($1)", generation)
+    await conn.execute(f"ALTER TABLE {_schema(generation)}.incidents RESET (autovacuum_enabled)")
 
 
 async def drop_generation(conn: asyncpg.Connection, generation: str) -> None:
