@@ -287,6 +287,9 @@ class _Compiled:
         self.filtered = sorted({f.attribute for leaf in self.leaves for f in leaf.filters})
         self._masks: dict[tuple[object, ...], int] = {}
         self._possible_cache: dict[tuple[str, int], bool] = {}
+        self._act_masks: dict[tuple[object, ...], int] = {}
+        act_level = {"type", "actor", "status", *rules.derived}
+        self._act_distinct = [name for name in self.distinct if name in act_level]
         self.kind_mask = {kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds}
 
     def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
@@ -302,13 +305,30 @@ class _Compiled:
             "status_abroad": inc.status_abroad,
             "outcome": inc.outcome,
         }
-        rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), self._values(base))]
+        values = self._values(base)
+        rows = [_Row(inc.occurred_on, inc, -1, self._mask(base, is_act=False), values)]
+        if not inc.acts:
+            return rows
+        # An act row's mask depends on the incident's filtered values and the act's own three:
+        # memoised on those, so most act rows cost two dictionary lookups.
+        signature = tuple(base.get(a) for a in self.filtered)
+        act_distinct = self._act_distinct
         for i, act in enumerate(inc.acts):
-            attrs = dict(base)
-            attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
-            for name, by_type in self.rules.derived.items():
-                attrs[name] = by_type.get(act.type)
-            rows.append(_Row(act.on, inc, i, self._mask(attrs, is_act=True), self._values(attrs)))
+            key = (signature, act.type, act.actor, act.status)
+            mask = self._act_masks.get(key)
+            if mask is None:
+                attrs = dict(base)
+                attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
+                for name, by_type in self.rules.derived.items():
+                    attrs[name] = by_type.get(act.type)
+                mask = self._act_masks[key] = self._mask(attrs, is_act=True)
+            row_values = values
+            if act_distinct:
+                row_values = dict(values)
+                for name in act_distinct:
+                    derived = self.rules.derived.get(name)
+                    row_values[name] = derived.get(act.type) if derived is not None else getattr(act, name)
+            rows.append(_Row(act.on, inc, i, mask, row_values))
         return rows
 
     def _values(self, attrs: dict[str, str | None]) -> dict[str, str | None]:
