@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaValidator
 
+from services.projections.folding import fact_of, fact_tuple
 from shared.events import (
     EVENT_DATA_MODELS,
     AlertChanged,
@@ -140,8 +141,18 @@ def _alert(value: bytes) -> Flat:
     return ("a", AlertChanged.model_validate_json(value).model_dump(mode="json"))
 
 
-def _decoders() -> dict[str, Callable[[bytes], Flat]]:
-    decoders: dict[str, Callable[[bytes], Flat]] = {}
+def _model_decoder(model: type[BaseModel]) -> Callable[[bytes], Flat | None]:
+    """The live consumer's way: build the model, then its fact (slower, always exact)."""
+
+    def decode(value: bytes) -> Flat | None:
+        fact = fact_of(model.model_validate_json(value))
+        return fact_tuple(fact) if fact is not None else None
+
+    return decode
+
+
+def _decoders() -> dict[str, Callable[[bytes], Flat | None]]:
+    decoders: dict[str, Callable[[bytes], Flat | None]] = {}
     validators: dict[type[BaseModel], SchemaValidator] = {}
     for event_type, model in EVENT_DATA_MODELS.items():
         if model is AlertChanged:
@@ -151,7 +162,12 @@ def _decoders() -> dict[str, Callable[[bytes], Flat]]:
         if flat is None:
             continue  # a kind the projections do not fold: counted as undecodable, as before
         if model not in validators:
-            validators[model] = plain_validator(model)
+            try:
+                validators[model] = plain_validator(model)
+            except UnsupportedSchema:
+                # A model grew a feature the plain-dict schema cannot reproduce: stay exact.
+                decoders[event_type] = _model_decoder(model)
+                continue
         validator = validators[model]
 
         def decode(value: bytes, validate: Callable[[bytes], Any] = validator.validate_json, flat: Any = flat) -> Flat:
@@ -161,7 +177,7 @@ def _decoders() -> dict[str, Callable[[bytes], Flat]]:
     return decoders
 
 
-_DECODERS: dict[bytes, Callable[[bytes], Flat]] = {}
+_DECODERS: dict[bytes, Callable[[bytes], Flat | None]] = {}
 
 
 def decode_payloads(items: Sequence[tuple[bytes | None, bytes | None]]) -> list[Flat | None]:

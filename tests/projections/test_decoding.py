@@ -148,3 +148,29 @@ def test_any_mutation_is_decided_as_the_models_decide(data: st.DataObject) -> No
         node[path[-1]] = data.draw(LEAVES)
     value = json.dumps(body).encode()
     assert _decode(event_type, value) == _models_decision(event_type, value)
+
+
+def test_a_model_feature_the_plain_schema_cannot_reproduce_is_refused_not_guessed() -> None:
+    from pydantic import model_validator
+
+    from services.projections.decoding import UnsupportedSchema, _model_decoder, plain_validator
+
+    class Checked(BaseModel):
+        incident_id: str
+
+        @model_validator(mode="after")
+        def _not_empty(self) -> Checked:
+            if not self.incident_id:
+                raise ValueError("empty")
+            return self
+
+    try:
+        plain_validator(Checked)
+    except UnsupportedSchema:
+        pass
+    else:
+        raise AssertionError("a model validator must not be dropped silently")
+    # Such a type is decoded the live consumer's way instead.
+    value = json.dumps(_json(classified(INCIDENT))).encode()
+    decode = _model_decoder(EVENT_DATA_MODELS[EventType.INCIDENT_CLASSIFIED])
+    assert decode(value) == _models_decision(EventType.INCIDENT_CLASSIFIED, value)
