@@ -88,6 +88,31 @@ def latency_note() -> str:
     return f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
 
 
+def _metric_sums(port: int) -> dict[str, float]:
+    """Sums and counts of intake's claim and publish histograms, from /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(("tnr_intake_claim_seconds_", "tnr_intake_publish_seconds_")) and \
+                name.endswith(("_sum", "_count")):
+            out[name] = float(value)
+    return out
+
+
+def waits_note(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean time a request spent claiming (PostgreSQL) and publishing (broker ack + settle)."""
+    notes = []
+    for what, metric in (("claim", "tnr_intake_claim_seconds"), ("publish", "tnr_intake_publish_seconds")):
+        count = after.get(metric + "_count", 0) - before.get(metric + "_count", 0)
+        total = after.get(metric + "_sum", 0) - before.get(metric + "_sum", 0)
+        if count:
+            notes.append(f"{what} {total / count * 1000:.0f} ms")
+    return ", ".join(notes)
+
+
 async def drive(port: int, requests: list[bytes], connections: int) -> tuple[float, dict[int, int], int]:
     """Send every request over ``connections`` keep-alive connections (a minimal HTTP/1.1
     client: the load generator must cost far less than the server it measures)."""
@@ -208,25 +233,29 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         pid = process.process.pid
         profiler = Profiler(profile, pid)
         profiler.start("single")
+        sums = _metric_sums(port)
         cpu = cpu_seconds(pid)
         elapsed, statuses, accepted = await drive(port, singles, connections)
         profiler.stop()
+        waits = waits_note(sums, _metric_sums(port))
         assert statuses == {202: single} and accepted == single, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("single posts (structured)", accepted, accepted / elapsed, accepted / cpu,
-                     f"{connections} connections, {latency_note()}"))
+                     f"{connections} connections, {latency_note()}; {waits}"))
 
         batch_events = events("batch", batches * 100)
         bodies = [json.dumps(batch_events[i:i + 100]).encode() for i in range(0, len(batch_events), 100)]
         requests = [http_request(port, key, "application/cloudevents-batch+json", b) for b in bodies]
         profiler.start("batch")
+        sums = _metric_sums(port)
         cpu = cpu_seconds(pid)
         elapsed, statuses, accepted = await drive(port, requests, 8)
         profiler.stop()
+        waits = waits_note(sums, _metric_sums(port))
         assert statuses == {202: batches} and accepted == batches * 100, statuses
         cpu = cpu_seconds(pid) - cpu
         rows.append(("batches of 100", accepted, accepted / elapsed, accepted / cpu,
-                     f"8 connections, {latency_note()}"))
+                     f"8 connections, {latency_note()}; {waits}"))
 
         dupes = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
                  for e in events("single", min(single, 3000))]

@@ -52,6 +52,9 @@ EVENTS = Counter("tnr_intake_events_total", "Partner events by outcome", ["outco
 PUBLISH_SECONDS = Histogram(
     "tnr_intake_publish_seconds", "From send to broker acknowledgement (acks=all) and claim update"
 )
+CLAIM_SECONDS = Histogram(
+    "tnr_intake_claim_seconds", "Claiming reports in PostgreSQL (group commit included), per request"
+)
 LATE_WRITES = Counter(
     "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
 )
@@ -354,7 +357,9 @@ async def accept(
         )
         for p in unique
     ]
+    claiming = time.monotonic()
     answers = await ctx.claims.submit(claims)
+    CLAIM_SECONDS.observe(time.monotonic() - claiming)
     claimed = {(c.source, c.report_id) for c, a in zip(claims, answers, strict=True) if a.made}
     # Accepted before: a duplicate at once. Anything else is being written by another request.
     seen = {(c.source, c.report_id): a.seen for c, a in zip(claims, answers, strict=True)
