@@ -76,6 +76,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 LATENCIES: list[float] = []  # of every request of the phase being driven
+CLIENT_CPU: list[float] = []  # share of a CPU the load generator itself used, per phase
 
 
 def latency_note() -> str:
@@ -85,7 +86,8 @@ def latency_note() -> str:
     LATENCIES.clear()
     if not ordered:
         return ""
-    return f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+    client = f", client {CLIENT_CPU[-1]:.0%} CPU" if CLIENT_CPU else ""
+    return f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms{client}"
 
 
 def _metric_sums(port: int) -> dict[str, float]:
@@ -138,9 +140,11 @@ async def drive(port: int, requests: list[bytes], connections: int) -> tuple[flo
         finally:
             writer.close()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return time.perf_counter() - started, statuses, accepted
+    elapsed = time.perf_counter() - started
+    CLIENT_CPU.append((time.process_time() - cpu) / elapsed)
+    return elapsed, statuses, accepted
 
 
 class Profiler:
