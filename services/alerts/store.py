@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -41,7 +42,8 @@ class StateCache:
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self.entries: dict[str, tuple[uuid.UUID, KeyState]] = {}
+        # OrderedDict: popping a plain dict's first item scans past every slot deleted before it.
+        self.entries: OrderedDict[str, tuple[uuid.UUID, KeyState]] = OrderedDict()
 
     def get(self, key: str, version: uuid.UUID | None) -> KeyState | None:
         entry = self.entries.get(key)
@@ -52,8 +54,10 @@ class StateCache:
     def put(self, key: str, version: uuid.UUID, state: KeyState) -> None:
         # Least recently written first out: a busy place written every batch stays (re-inserted
         # at the end), where a plain insertion order would evict it like a one-off target.
-        if self.entries.pop(key, None) is None and len(self.entries) >= self.capacity:
-            self.entries.pop(next(iter(self.entries)))
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        elif len(self.entries) >= self.capacity:
+            self.entries.popitem(last=False)
         self.entries[key] = (version, state)
 
 
