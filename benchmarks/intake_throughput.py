@@ -98,16 +98,20 @@ def _metric_sums(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name.startswith(("tnr_intake_claim_seconds_", "tnr_intake_publish_seconds_")) and \
+        if name.startswith(("tnr_intake_claim_seconds_", "tnr_intake_publish_seconds_",
+                            "tnr_intake_ack_seconds_", "tnr_intake_settle_seconds_")) and \
                 name.endswith(("_sum", "_count")):
             out[name] = float(value)
     return out
 
 
 def waits_note(before: dict[str, float], after: dict[str, float]) -> str:
-    """Mean time a request spent claiming (PostgreSQL) and publishing (broker ack + settle)."""
+    """Mean time a request spent claiming (PostgreSQL) and publishing (the broker's ack, then
+    the settlement in PostgreSQL)."""
     notes = []
-    for what, metric in (("claim", "tnr_intake_claim_seconds"), ("publish", "tnr_intake_publish_seconds")):
+    for what, metric in (("claim", "tnr_intake_claim_seconds"), ("publish", "tnr_intake_publish_seconds"),
+                         ("of which broker ack", "tnr_intake_ack_seconds"),
+                         ("settle", "tnr_intake_settle_seconds")):
         count = after.get(metric + "_count", 0) - before.get(metric + "_count", 0)
         total = after.get(metric + "_sum", 0) - before.get(metric + "_sum", 0)
         if count:
@@ -213,6 +217,18 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
         await producer.stop()
 
 
+async def drop_topics(settings: Settings) -> None:
+    """The run's topics go with it: each run writes ~50 MB the shared broker's disk would keep."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 async def main(single: int, batches: int, connections: int, profile: Path | None = None) -> None:
     infra = _local_stack()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -275,6 +291,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     raw, raw_cpu = await bare_producer_rate(settings, records)
     rows.append(("bare aiokafka producer, same bytes", len(records), raw, raw_cpu, "acks=all, idempotent"))
     await drop_database(infra.database_url, settings)
+    await drop_topics(settings)
 
     print(f"\nintake throughput (one worker, {os.cpu_count()} CPUs shared, broker {settings.kafka_bootstrap})")
     print(f"load average before the run: {load}")

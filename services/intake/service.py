@@ -55,6 +55,12 @@ PUBLISH_SECONDS = Histogram(
 CLAIM_SECONDS = Histogram(
     "tnr_intake_claim_seconds", "Claiming reports in PostgreSQL (group commit included), per request"
 )
+ACK_SECONDS = Histogram(
+    "tnr_intake_ack_seconds", "From the first send of a request's records to the broker's last acknowledgement"
+)
+SETTLE_SECONDS = Histogram(
+    "tnr_intake_settle_seconds", "Marking a request's claims accepted in PostgreSQL (group commit included)"
+)
 LATE_WRITES = Counter(
     "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
 )
@@ -297,7 +303,9 @@ async def _publish(
         for p in todo:
             assert p.target_ref is not None
             records.append(_record(_internal_event(p, principal, received_at), p.target_ref, trace_headers))
+        sending = time.monotonic()
         results = await _send_each(ctx, records)
+        ACK_SECONDS.observe(time.monotonic() - sending)
     ok = [p for p, r in zip(todo, results, strict=True) if not isinstance(r, BaseException)]
     failed = [p.key for p, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
     outcome = results
@@ -306,6 +314,7 @@ async def _publish(
         log.warning("the log refused %d of %d events: %s", len(failed), len(todo), ", ".join(reasons))
         await store.release(ctx.pool, failed, ctx.instance)
     if ok:
+        settling = time.monotonic()
         settled = audit if not failed else None  # a 503 is audited by the caller
         erased = [p.target_ref for p in ok if isinstance(p.payload, ErasureRequest) and p.target_ref]
         if erased:
@@ -316,6 +325,7 @@ async def _publish(
                 await store.mark_accepted(conn, [([p.key for p in ok], settled)], ctx.instance)
         else:
             await ctx.settle.submit([([p.key for p in ok], settled)])
+        SETTLE_SECONDS.observe(time.monotonic() - settling)
     PUBLISH_SECONDS.observe(time.monotonic() - started)
     return outcome
 
