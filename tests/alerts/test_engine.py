@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.alerts.engine import (
     Cause,
@@ -364,3 +366,73 @@ rules:
 
 def test_all_eight_rules_are_in_the_shipped_file() -> None:
     assert {r.split("_")[0] for r in ALL_RULES} == {f"R{n}" for n in range(1, 9)}
+
+
+# --- The shortcuts (window pruning by leaf bits, memoised act masks) change no verdict ---------
+
+_ACT_TYPES = [
+    "interpol_red_notice",
+    "extradition_request",
+    "family_threatened",
+    "passport_cancelled",
+    "consular_service_denied",
+    "online_threat",
+    "overseas_police_station_contact",
+    "agent_approach_abroad",
+    "detention_abroad",
+    "luring_to_third_country",
+    "kidnapping",
+]
+
+
+class _NoMemo(dict[tuple[object, ...], int]):
+    """A memo that never remembers: every act mask is computed from the row's attributes."""
+
+    def __setitem__(self, key: tuple[object, ...], value: int) -> None:
+        pass
+
+
+def _reference_engine() -> Engine:
+    engine = Engine(RULES)
+    engine._compiled._possible = lambda rule, present: True  # type: ignore[method-assign]
+    engine._compiled._act_masks = _NoMemo()
+    return engine
+
+
+_act = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(_ACT_TYPES),
+        "on": st.dates(date(2025, 1, 1), date(2025, 12, 31)).map(date.isoformat),
+        "status": st.sampled_from(["carried_out", "pending", "attempted", "blocked"]),
+    }
+)
+_report = st.tuples(
+    st.sampled_from(["t1", "t2", "t3"]),
+    st.sampled_from(["A", "B"]),
+    st.fixed_dictionaries(
+        {
+            "occurred_on": st.dates(date(2025, 1, 1), date(2025, 12, 31)).map(date.isoformat),
+            "date_precision": st.just("day"),
+            "location": st.sampled_from([{"country": "IT", "city": "Rome"}, {"country": "FR", "city": "Paris"}]),
+            "target": st.fixed_dictionaries(
+                {
+                    "group": st.sampled_from(["uyghur", "student", "unknown"]),
+                    "status_abroad": st.sampled_from(["refugee", "unknown"]),
+                }
+            ),
+            "acts": st.lists(_act, min_size=1, max_size=3),
+        }
+    ),
+)
+
+
+@given(st.lists(_report, min_size=1, max_size=14))
+@settings(max_examples=80, deadline=None)
+def test_shortcuts_find_what_full_evaluation_finds(reports: list[tuple[str, str, dict[str, Any]]]) -> None:
+    fast, full = World(), World(_reference_engine())
+    for n, (target_ref, partner, facts) in enumerate(reports):
+        snap = snapshot(f"h{n}", facts, partner=partner, minute=n, target_ref=target_ref)
+        fast.apply(Upsert(snap))
+        full.apply(Upsert(snapshot(f"h{n}", facts, partner=partner, minute=n, target_ref=target_ref)))
+    assert fast.log == full.log
+    assert fast.open == full.open
