@@ -65,21 +65,29 @@ class StateCache:
 async def load_states(
     conn: asyncpg.Connection, keys: Sequence[str], cache: StateCache | None = None
 ) -> dict[str, KeyState]:
-    """The states of ``keys``, locked for this transaction (FOR UPDATE)."""
+    """The states of ``keys``, locked for this transaction (FOR UPDATE). One round trip: the
+    state's JSON comes back only for keys whose cached version is not the table's."""
+    cached = cache.entries if cache is not None else {}
+    known = [k for k in keys if k in cached]
     rows = await conn.fetch(
-        "SELECT key, version FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE", list(keys)
+        """SELECT s.key, s.version,
+                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state::text END AS state
+             FROM rule_state s LEFT JOIN unnest($2::text[], $3::uuid[]) AS c(key, version) ON c.key = s.key
+            WHERE s.key = ANY($1::text[]) ORDER BY s.key FOR UPDATE OF s""",
+        list(keys),
+        known,
+        [cached[k][0] for k in known],
     )
     states: dict[str, KeyState] = {}
-    missing = []
     for r in rows:
-        cached = cache.get(r["key"], r["version"]) if cache is not None else None
-        if cached is None:
-            missing.append(r["key"])
+        key, raw = r["key"], r["state"]
+        hit = cache.get(key, r["version"]) if cache is not None and raw is None else None
+        if hit is not None:
+            states[key] = hit
         else:
-            states[r["key"]] = cached
-    if missing:
-        for r in await conn.fetch("SELECT key, state::text FROM rule_state WHERE key = ANY($1::text[])", missing):
-            states[r["key"]] = KeyState.from_json(orjson.loads(r["state"]))
+            if raw is None:  # not reached (no JSON only when the cache holds that version); safe anyway
+                raw = await conn.fetchval("SELECT state::text FROM rule_state WHERE key = $1", key)
+            states[key] = KeyState.from_json(orjson.loads(raw))
     return states
 
 
