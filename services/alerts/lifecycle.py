@@ -150,16 +150,7 @@ def on_evaluation(
             if ev.cause == Cause.RETRACTED
             else "the rule no longer holds after an amendment"
         )
-        record = replace(
-            current,
-            status=AlertStatus.RESOLVED,
-            resolved_at=now,
-            resolved_by=ENGINE,
-            resolved_reason=why,
-            revision=current.revision + 1,
-            updated_at=now,
-        )
-        return AlertChange(ChangeKind.RESOLVED, record, f"{record.epoch}:resolved")
+        return _resolved(current, who=ENGINE, why=why, now=now)
 
     if current.status == AlertStatus.RESOLVED:
         # A new incident after resolution is a new development of the same situation: reopen.
@@ -244,6 +235,11 @@ def acknowledge(current: AlertRecord, *, who: str, why: str, now: datetime) -> A
 def resolve(current: AlertRecord, *, who: str, why: str, now: datetime) -> AlertChange:
     if current.status == AlertStatus.RESOLVED:
         raise LifecycleError("the alert is already resolved")
+    return _resolved(current, who=who, why=why, now=now)
+
+
+def _resolved(current: AlertRecord, *, who: str, why: str, now: datetime) -> AlertChange:
+    """Resolution, by the engine or by hand: recorded with who and why, notified once."""
     record = replace(
         current,
         status=AlertStatus.RESOLVED,
