@@ -125,11 +125,14 @@ class IntakeContext:
     data_keys: DataKeyCache = field(default_factory=lambda: DataKeyCache(60.0))
     claims: GroupCommitter[store.Claim, store.ClaimResult] = field(init=False)
     settle: GroupCommitter[store.Settlement, None] = field(init=False)
+    # New targets' data keys: one statement (one commit) for all concurrent requests, as claims.
+    target_keys: GroupCommitter[tuple[str, bytes], store.TargetKey] = field(init=False)
 
     def __post_init__(self) -> None:
         # Concurrent requests' claims and settlements share statements (grouping.py).
         self.claims = GroupCommitter(lambda rows: store.claim(self.pool, rows, self.instance))
         self.settle = GroupCommitter(lambda rows: store.mark_accepted(self.pool, rows, self.instance))
+        self.target_keys = GroupCommitter(lambda rows: store.target_keys_grouped(self.pool, rows))
 
 
 def _unavailable(detail: str, retry_after: int = 5) -> Problem:
@@ -170,8 +173,9 @@ async def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> dict
     data_keys = {ref: key for ref in refs if (key := ctx.data_keys.get(ref)) is not None}
     missing = refs - set(data_keys)
     if missing:
-        candidates = {ref: wrap_data_key(ctx.master_key, new_data_key(), ref) for ref in missing}
-        for ref, target_key in (await store.target_keys(ctx.pool, candidates)).items():
+        candidates = [(ref, wrap_data_key(ctx.master_key, new_data_key(), ref)) for ref in missing]
+        stored = await ctx.target_keys.submit(candidates)
+        for (ref, _), target_key in zip(candidates, stored, strict=True):
             if target_key.wrapped_key is not None:  # None: erased, the identity is not kept again
                 data_keys[ref] = unwrap_data_key(ctx.master_key, bytes(target_key.wrapped_key), ref)
                 ctx.data_keys.put(ref, data_keys[ref])

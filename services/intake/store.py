@@ -86,6 +86,17 @@ async def target_keys(
     return found
 
 
+async def target_keys_grouped(pool: asyncpg.Pool, candidates: Sequence[tuple[str, bytes]]) -> list[TargetKey]:
+    """:func:`target_keys` for rows of many requests at once (group commit): one TargetKey per
+    (target_ref, candidate) row, in order. Two requests' candidates for one new target get
+    the same stored key (the first row's)."""
+    first: dict[str, bytes] = {}
+    for ref, wrapped in candidates:
+        first.setdefault(ref, wrapped)
+    found = await target_keys(pool, first)
+    return [found[ref] for ref, _ in candidates]
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     made: bool  # this call claimed the report: it is this request's to write

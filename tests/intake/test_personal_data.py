@@ -3,6 +3,7 @@ identity field appears in clear on the log, in logs, in answers, metrics or tabl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -66,6 +67,34 @@ async def test_two_partners_reporting_one_person_share_a_target_ref(
     ref_a = await target_of(intake_settings, "pd-a")
     assert ref_a == await target_of(intake_settings, "pd-b")
     assert ref_a != await target_of(intake_settings, "pd-c")  # another birth date: another person
+
+
+async def test_concurrent_first_reports_of_new_targets_keep_every_identity_readable(
+    intake: httpx.AsyncClient, keys: Keys, intake_settings: Settings
+) -> None:
+    """New targets' data keys are created for concurrent requests together (group commit);
+    two partners reporting one new person at the same moment share its one key, so every
+    identity sealed under it opens."""
+    shared = {"name": "Concurrent Person-Omega", "birth_date": "1977-07-07"}
+    posts = [(f"cc-{n}", {"name": f"Concurrent Person {n}", "birth_date": "1980-01-01"}, keys.partner,
+              "urn:partner:sample-ngo") for n in range(12)]
+    posts += [("cc-shared-a", shared, keys.partner, "urn:partner:sample-ngo"),
+              ("cc-shared-b", {**shared, "name": "PERSON-OMEGA, concurrent"}, keys.other, OTHER_SOURCE)]
+    answers = await asyncio.gather(*(
+        intake.post("/v1/events", content=body(with_identity(i, identity, source)), headers=auth(key))
+        for i, identity, key, source in posts
+    ))
+    assert [r.status_code for r in answers] == [202] * len(posts), [r.text for r in answers]
+    for report_id, identity, _, _ in posts[:12]:
+        ref = await target_of(intake_settings, report_id)
+        r = await intake.get(f"/v1/targets/{ref}/identity", headers=auth(keys.admin, None))
+        assert r.status_code == 200, r.text
+        assert r.json()["identities"] == [{**identity, "name_zh": None}]
+    ref = await target_of(intake_settings, "cc-shared-a")
+    assert ref == await target_of(intake_settings, "cc-shared-b")
+    r = await intake.get(f"/v1/targets/{ref}/identity", headers=auth(keys.admin, None))
+    assert r.status_code == 200, r.text
+    assert sorted(i["name"] for i in r.json()["identities"]) == sorted([shared["name"], "PERSON-OMEGA, concurrent"])
 
 
 async def test_admin_reads_the_sealed_identity_until_erasure_then_never_again(
