@@ -197,6 +197,12 @@ async def run(rate: float, seconds: float) -> None:
                     f"{values[-1]:>9.1f}{statistics.fmean(values):>9.1f}"
                 )
             print("target: p99 < 250 ms")
+            if downstream and downstream[0] < 0:
+                print(
+                    "a negative '202 -> alert' is real, not a clock error: intake answers 202 only "
+                    "after the broker's ack AND the claims' settlement in PostgreSQL, while the "
+                    "classifier and alerts already work on the acknowledged record"
+                )
         finally:
             for proc in procs.values():
                 proc.terminate(20)
