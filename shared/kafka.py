@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import sys
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import trace
+from tqdm import tqdm
 
 from shared.events import CloudEvent
 from shared.serialization import to_record
@@ -111,3 +113,36 @@ def dead_letter_payload(record: ConsumerRecord, reason: str, consumer: str) -> t
 
 def describe_headers(headers: Mapping[str, bytes]) -> str:
     return json.dumps({k: v.decode(errors="replace") for k, v in headers.items()})
+
+
+def replay_consumer(settings: Settings, *, client_id: str) -> AIOKafkaConsumer:
+    """A group-less consumer for replays: it assigns partitions itself and commits nothing."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id=client_id,
+    )
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer, topic: str, *, desc: str, progress: bool = True, max_records: int = 1000
+) -> AsyncIterator[list[ConsumerRecord]]:
+    """Batches of ``topic`` from its beginning to the end it had when the replay started (later
+    records are the live service's), with a tqdm progress bar (rate, ETA) on stderr."""
+    # The consumer's own metadata cache only knows subscribed topics; ask the cluster.
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    start = await consumer.beginning_offsets(partitions)
+    end = await consumer.end_offsets(partitions)
+    total = sum(end[tp] - start[tp] for tp in partitions)
+    with tqdm(total=total, unit="event", desc=desc, disable=not progress, file=sys.stderr) as bar:
+        while any([await consumer.position(tp) < end[tp] for tp in partitions]):
+            batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            records = [r for tp, recs in batches.items() for r in recs if r.offset < end[tp]]
+            if records:
+                yield records
+                bar.update(len(records))
+

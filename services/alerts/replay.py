@@ -11,13 +11,9 @@ raised. When it ends, the service resumes from where the replay stopped.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 from pydantic import BaseModel
-from tqdm import tqdm
 
 from services.alerts import store
 from services.alerts.engine import Engine
@@ -27,7 +23,7 @@ from services.alerts.rules import load_rules
 from services.alerts.service import AlertsHandler, decode
 from shared.consumer import Consumed, store_offsets
 from shared.db import create_pool, prepare_database
-from shared.kafka import ensure_topics, topics_for
+from shared.kafka import ensure_topics, read_to_end, replay_consumer, topics_for
 from shared.serialization import PoisonEvent, from_record
 from shared.settings import Settings
 
@@ -46,47 +42,29 @@ async def replay_rules(settings: Settings, *, progress: bool = True) -> ReplayRe
     await ensure_topics(settings)
     topic = topics_for(settings).classifications
     pool = await create_pool(settings.database_url, max_size=2)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="alerts-replay",
-    )
+    consumer = replay_consumer(settings, client_id="alerts-replay")
     result = ReplayResult()
     await consumer.start()
     try:
         await prepare_database(pool, COMPONENT, MIGRATIONS)
         async with pool.acquire() as conn, conn.transaction():
             await store.reset_rule_state(conn, COMPONENT)
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        start = await consumer.beginning_offsets(partitions)
-        end = await consumer.end_offsets(partitions)
-        total = sum(end[tp] - start[tp] for tp in partitions)
-        with tqdm(total=total, unit="event", desc="replay alerts", disable=not progress, file=sys.stderr) as bar:
-            while any([await consumer.position(tp) < end[tp] for tp in partitions]):
-                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                records = [r for tp, recs in batches.items() for r in recs if r.offset < end[tp]]
-                if not records:
-                    continue
-                decoded: list[Consumed[BaseModel]] = []
-                positions: dict[tuple[str, int], int] = {}
-                for record in records:
-                    positions[(record.topic, record.partition)] = record.offset + 1
-                    try:
-                        event = from_record(record.value, record.headers)
-                        decoded.append(Consumed(record.topic, record.partition, record.offset, event, decode(event)))
-                    except PoisonEvent:
-                        result.skipped_poison += 1  # the live service dead-lettered it already
-                async with pool.acquire() as conn, conn.transaction():
-                    if decoded:
-                        await handler(conn, decoded)
-                    await store_offsets(conn, COMPONENT, positions)
-                result.read += len(records)
-                result.applied += len(decoded)
-                bar.update(len(records))
+        async for records in read_to_end(consumer, topic, desc="replay alerts", progress=progress):
+            decoded: list[Consumed[BaseModel]] = []
+            positions: dict[tuple[str, int], int] = {}
+            for record in records:
+                positions[(record.topic, record.partition)] = record.offset + 1
+                try:
+                    event = from_record(record.value, record.headers)
+                    decoded.append(Consumed(record.topic, record.partition, record.offset, event, decode(event)))
+                except PoisonEvent:
+                    result.skipped_poison += 1  # the live service dead-lettered it already
+            async with pool.acquire() as conn, conn.transaction():
+                if decoded:
+                    await handler(conn, decoded)
+                await store_offsets(conn, COMPONENT, positions)
+            result.read += len(records)
+            result.applied += len(decoded)
     finally:
         await consumer.stop()
         await pool.close()

@@ -14,17 +14,12 @@ Poison records are skipped here: the live classifier already put them in the dea
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
-
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
-from tqdm import tqdm
 
 from services.classifier.narrative import default_lexicon
 from services.classifier.pipeline import Classify, classify_incident, downstream_event
 from services.classifier.taxonomy import classifier_version, default_act_table
-from shared.kafka import ensure_topics, make_producer, topics_for
+from shared.kafka import ensure_topics, make_producer, read_to_end, replay_consumer, topics_for
 from shared.serialization import PoisonEvent, from_record, to_record
 from shared.settings import Settings
 
@@ -43,12 +38,7 @@ async def replay_log(
 ) -> ReplayResult:
     await ensure_topics(settings)
     topics = topics_for(settings)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="classifier-replay",
-    )
+    consumer = replay_consumer(settings, client_id="classifier-replay")
     producer = make_producer(
         settings.model_copy(update={"service_name": "classifier-replay"}),
         transactional_id=f"{settings.topic_prefix}.classifier.replay",
@@ -57,36 +47,22 @@ async def replay_log(
     await consumer.start()
     await producer.start()
     try:
-        # The consumer's own metadata cache only knows subscribed topics; ask the cluster.
-        cluster = await consumer._client.fetch_all_metadata()
-        numbers = sorted(cluster.partitions_for_topic(topics.incidents) or ())
-        partitions = [TopicPartition(topics.incidents, p) for p in numbers]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        start = await consumer.beginning_offsets(partitions)
-        end = await consumer.end_offsets(partitions)  # the log as it is now; later reports are the service's
-        total = sum(end[tp] - start[tp] for tp in partitions)
-        with tqdm(total=total, unit="event", desc="replay classifier", disable=not progress, file=sys.stderr) as bar:
-            while any([await consumer.position(tp) < end[tp] for tp in partitions]):
-                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                records = [r for tp, recs in batches.items() for r in recs if r.offset < end[tp]]
-                if not records:
-                    continue
-                async with producer.transaction():
-                    for record in records:
-                        try:
-                            out = downstream_event(from_record(record.value, record.headers), classify)
-                        except PoisonEvent:
-                            result.skipped_poison += 1
-                            continue
-                        if out is None:
-                            continue
-                        key, event = out
-                        rec = to_record(event, key=key)
-                        await producer.send(topics.classifications, rec.value, key=rec.key, headers=rec.headers)
-                        result.written += 1
-                result.read += len(records)
-                bar.update(len(records))
+        # The log as it is now; later reports are the live service's.
+        async for records in read_to_end(consumer, topics.incidents, desc="replay classifier", progress=progress):
+            async with producer.transaction():
+                for record in records:
+                    try:
+                        out = downstream_event(from_record(record.value, record.headers), classify)
+                    except PoisonEvent:
+                        result.skipped_poison += 1
+                        continue
+                    if out is None:
+                        continue
+                    key, event = out
+                    rec = to_record(event, key=key)
+                    await producer.send(topics.classifications, rec.value, key=rec.key, headers=rec.headers)
+                    result.written += 1
+            result.read += len(records)
     finally:
         await producer.stop()
         await consumer.stop()
