@@ -62,6 +62,29 @@ def to_record(
     return KafkaRecord(key=key.encode() if key is not None else None, value=body, headers=headers)
 
 
+def record_of(
+    *, id: str, source: str, type: str, subject: str | None, time: str | None, key: str | None,
+    data_json: bytes, extensions: Mapping[str, Any] | None = None,
+    trace_headers: Mapping[str, str] | None = None, datacontenttype: str = "application/json",
+) -> KafkaRecord:
+    """What :func:`to_record` makes of a ``CloudEvent`` (specversion 1.0, no dataschema) with
+    these attributes (``time`` in ISO form), built without the event: for a producer that
+    writes many records a second (intake). The same headers in the same order."""
+    headers = [("ce_specversion", b"1.0"), ("ce_id", id.encode()), ("ce_source", source.encode()),
+               ("ce_type", type.encode())]
+    if subject is not None:
+        headers.append(("ce_subject", subject.encode()))
+    if time is not None:
+        headers.append(("ce_time", time.encode()))
+    for name, ext in (extensions or {}).items():
+        if name not in _TRACE_HEADERS:  # current trace context wins over the one the partner sent
+            headers.append((_CE_PREFIX + name, str(ext).encode()))
+    headers.append(("content-type", datacontenttype.encode()))
+    for name, value in (trace_headers or {}).items():
+        headers.append((name, value.encode()))
+    return KafkaRecord(key=key.encode() if key is not None else None, value=data_json, headers=headers)
+
+
 def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers or ():

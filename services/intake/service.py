@@ -37,13 +37,13 @@ from prometheus_client import Counter, Histogram
 
 from services.intake import store
 from services.intake.grouping import GroupCommitter
-from services.intake.models import ErasureRequest, IncidentReport, RetractionData
-from services.intake.validation import Prepared
+from services.intake.models import ErasureRequest, RetractionData
+from services.intake.validation import Prepared, ReportFacts
 from services.intake.vault import new_data_key, seal_identity, unwrap_data_key, wrap_data_key
 from shared.auth import Principal
 from shared.events import PRODUCER_SOURCE, CloudEvent, EventType, PartnerEventType
 from shared.problems import Problem
-from shared.serialization import KafkaRecord, to_record
+from shared.serialization import KafkaRecord, record_of
 from shared.telemetry import current_trace_headers
 
 log = logging.getLogger(__name__)
@@ -186,27 +186,30 @@ async def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> dict
     return sealed
 
 
-def _internal_event(p: Prepared, principal: Principal, received_at: datetime) -> CloudEvent:
-    """The pseudonymised event for the log. Its data is built as the JSON form of
-    IncidentRecorded / IncidentRetracted / SubjectErased directly (the report was validated on
-    the way in; validating it again per event would double the CPU cost of intake)."""
+def _event_data(p: Prepared, principal: Principal, when: str) -> dict[str, Any]:
+    """The JSON form of IncidentRecorded / IncidentRetracted / SubjectErased, built directly
+    (the report was validated on the way in; validating it again per event would double the
+    CPU cost of intake)."""
     assert p.target_ref is not None
-    when = received_at.isoformat()
-    data: dict[str, Any]
     if isinstance(p.payload, ErasureRequest):
-        data = {"target_ref": p.target_ref, "received_at": when}
+        return {"target_ref": p.target_ref, "received_at": when}
+    assert p.incident_id is not None and p.envelope.subject is not None
+    data: dict[str, Any] = {
+        "incident_id": p.incident_id, "target_ref": p.target_ref, "partner": principal.partner,
+        "source": p.envelope.source, "subject": p.envelope.subject, "report_id": p.envelope.id,
+        "received_at": when,
+    }
+    if isinstance(p.payload, RetractionData):
+        data["reason"] = p.payload.reason
     else:
-        assert p.incident_id is not None and p.envelope.subject is not None
-        data = {
-            "incident_id": p.incident_id, "target_ref": p.target_ref, "partner": principal.partner,
-            "source": p.envelope.source, "subject": p.envelope.subject, "report_id": p.envelope.id,
-            "received_at": when,
-        }
-        if isinstance(p.payload, RetractionData):
-            data["reason"] = p.payload.reason
-        else:
-            assert isinstance(p.payload, IncidentReport)
-            data["facts"] = p.payload.facts_json()
+        assert isinstance(p.payload, ReportFacts)
+        data["facts"] = p.payload.facts
+    return data
+
+
+def _internal_event(p: Prepared, principal: Principal, received_at: datetime) -> CloudEvent:
+    """The pseudonymised event for the log, as a CloudEvent (what :func:`_record` writes)."""
+    assert p.target_ref is not None
     # The partner's extension attributes travel with the event (traceparent: see _record).
     return CloudEvent.model_construct(
         specversion="1.0",
@@ -217,7 +220,7 @@ def _internal_event(p: Prepared, principal: Principal, received_at: datetime) ->
         time=received_at,
         datacontenttype="application/json",
         dataschema=None,
-        data=data,
+        data=_event_data(p, principal, received_at.isoformat()),
         **p.envelope.extensions,
     )
 
@@ -231,19 +234,29 @@ def _data_json(data: Any) -> bytes:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _record(event: CloudEvent, key: str, trace_headers: dict[str, str]) -> KafkaRecord:
-    """The partner's trace context, when it sent one, is the parent of the write's span, so a
+_KIND_TYPE = {kind: event_type.value for kind, event_type in _KIND.items()}
+
+
+def _record(p: Prepared, principal: Principal, when: str, trace_headers: dict[str, str]) -> KafkaRecord:
+    """The record of :func:`_internal_event` (``to_record``'s bytes and headers), built from
+    the prepared event directly: the CloudEvent in between cost ~10 µs an event.
+
+    The partner's trace context, when it sent one, is the parent of the write's span, so a
     partner's trace continues through every service."""
-    data_json = _data_json(event.data)
-    partner_trace = {k: str(v) for k, v in event.extensions.items() if k in ("traceparent", "tracestate")}
-    if "traceparent" not in partner_trace:
-        return to_record(event, key=key, trace_headers=trace_headers, data_json=data_json)
-    parent = propagate.extract(partner_trace)
-    with _TRACER.start_as_current_span(
-        "send event", kind=trace.SpanKind.PRODUCER, context=parent,
-        attributes={"cloudevents.event_id": event.id},
-    ):
-        return to_record(event, key=key, trace_headers=current_trace_headers(), data_json=data_json)
+    assert p.target_ref is not None
+    data_json = _data_json(_event_data(p, principal, when))
+    extensions = p.envelope.__pydantic_extra__
+    if extensions and "traceparent" in extensions:
+        partner_trace = {k: str(v) for k, v in extensions.items() if k in ("traceparent", "tracestate")}
+        with _TRACER.start_as_current_span(
+            "send event", kind=trace.SpanKind.PRODUCER, context=propagate.extract(partner_trace),
+            attributes={"cloudevents.event_id": p.event_id},
+        ):
+            trace_headers = current_trace_headers()
+    return record_of(
+        id=p.event_id, source=PRODUCER_SOURCE, type=_KIND_TYPE[p.kind], subject=p.incident_id or p.target_ref,
+        time=when, key=p.target_ref, data_json=data_json, extensions=extensions, trace_headers=trace_headers,
+    )
 
 
 async def _wait_for_others(
@@ -303,10 +316,8 @@ async def _publish(
                     "messaging.batch.message_count": len(todo)},
     ):
         trace_headers = current_trace_headers()  # this span: the parent of every event's hops
-        records = []
-        for p in todo:
-            assert p.target_ref is not None
-            records.append(_record(_internal_event(p, principal, received_at), p.target_ref, trace_headers))
+        when = received_at.isoformat()
+        records = [_record(p, principal, when, trace_headers) for p in todo]
         sending = time.monotonic()
         results = await _send_each(ctx, records)
         ACK_SECONDS.observe(time.monotonic() - sending)

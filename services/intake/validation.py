@@ -6,13 +6,15 @@ A batch is all-or-nothing: every event is checked and every error of every event
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from services.intake import models
 from services.intake.binding import envelope_errors
+from services.intake.fastpath import plain_envelope, plain_report
 from services.intake.models import ErasureRequest, Identity, IncidentReport, RetractionData
 from services.intake.pseudonym import event_id_for, incident_id_for, person_ref, target_ref_for
 from shared.auth import Principal
@@ -20,7 +22,16 @@ from shared.events import CloudEvent, PartnerEventType
 from shared.problems import Problem, validation_errors
 from shared.vocabulary import Scope
 
-Payload = IncidentReport | RetractionData | ErasureRequest
+
+@dataclass(frozen=True, slots=True)
+class ReportFacts:
+    """A valid incident report's facts, as the JSON of ``IncidentFacts`` (what
+    ``IncidentReport.facts_json`` gives): what travels on the log. The identity is not here."""
+
+    facts: dict[str, Any]
+
+
+Payload = ReportFacts | RetractionData | ErasureRequest
 
 
 @dataclass(frozen=True)
@@ -35,10 +46,10 @@ class Prepared:
     target_ref: str | None  # None for a retraction until the incident is looked up
     identity: Identity | None  # clear: stays in this process until sealed
     position: str = ""  # "/<index>" in a batch: the prefix of this event's error pointers
+    key: tuple[str, str] = field(init=False)  # (source, id): the partner's idempotency key
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.envelope.source, self.envelope.id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.envelope.source, self.envelope.id))
 
 
 _DATA_MODELS: dict[PartnerEventType, type[BaseModel]] = {
@@ -56,10 +67,42 @@ def _data_errors(model: type[BaseModel], data: Any) -> tuple[BaseModel | None, l
         return None, validation_errors(exc, "/data")
 
 
+_PARTNER_TYPES = {t.value: t for t in PartnerEventType}
+_REPORT_TYPES = frozenset({PartnerEventType.INCIDENT_REPORTED.value, PartnerEventType.INCIDENT_AMENDED.value})
+
+
+def plain_one(raw: Any, principal: Principal, pseudonym_key: bytes, today: date,
+              position: str = "") -> Prepared | None:
+    """A report written the plain way, allowed and valid, accepted without the full models
+    (``fastpath``); ``None``: :func:`prepare_one` decides, and names what is wrong."""
+    if not plain_envelope(raw) or raw["type"] not in _REPORT_TYPES:
+        return None
+    source, subject = raw["source"], raw.get("subject")
+    if source not in principal.sources or not principal.has(Scope.EVENTS_WRITE):
+        return None
+    if subject is None or not subject.strip():
+        return None
+    plain = plain_report(raw.get("data"), today)
+    if plain is None:
+        return None
+    try:
+        envelope = CloudEvent.model_validate(raw)
+    except ValidationError:
+        return None
+    facts, identity = plain
+    if identity is not None and not identity.names_somebody():
+        identity = None  # a birth date alone names nobody: the partner's incident series it is
+    return Prepared(
+        envelope, _PARTNER_TYPES[raw["type"]], ReportFacts(facts), event_id_for(source, envelope.id),
+        incident_id_for(source, subject), target_ref_for(pseudonym_key, identity, source=source, subject=subject),
+        identity, position,
+    )
+
+
 def prepare_one(
-    raw: Any, principal: Principal, pseudonym_key: bytes
+    raw: Any, principal: Principal, pseudonym_key: bytes, position: str = ""
 ) -> tuple[Prepared | None, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(prepared, 403 reasons, 422 errors) for one envelope."""
+    """(prepared, 403 reasons, 422 errors) for one envelope, by the full models."""
     errors = envelope_errors(raw)
     if errors:
         return None, [], errors
@@ -94,17 +137,18 @@ def prepare_one(
     if isinstance(payload, ErasureRequest):
         identity = payload.as_identity()
         ref = payload.target_ref if identity is None else person_ref(pseudonym_key, identity)
-        return Prepared(envelope, kind, payload, event_id, None, ref, None), [], []
+        return Prepared(envelope, kind, payload, event_id, None, ref, None, position), [], []
     assert subject is not None
     incident_id = incident_id_for(envelope.source, subject)
     if isinstance(payload, RetractionData):
-        return Prepared(envelope, kind, payload, event_id, incident_id, None, None), [], []
+        return Prepared(envelope, kind, payload, event_id, incident_id, None, None, position), [], []
     assert isinstance(payload, IncidentReport)
     identity = payload.target.identity
     if identity is not None and not identity.names_somebody():
         identity = None  # a birth date alone names nobody: the partner's incident series it is
     ref = target_ref_for(pseudonym_key, identity, source=envelope.source, subject=subject)
-    return Prepared(envelope, kind, payload, event_id, incident_id, ref, identity), [], []
+    return Prepared(envelope, kind, ReportFacts(payload.facts_json()), event_id, incident_id, ref, identity,
+                    position), [], []
 
 
 def prepare(events: list[Any], principal: Principal, pseudonym_key: bytes, *, batch: bool) -> list[Prepared]:
@@ -112,13 +156,18 @@ def prepare(events: list[Any], principal: Principal, pseudonym_key: bytes, *, ba
     prepared: list[Prepared] = []
     forbidden: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
+    today = models.today()
     for index, raw in enumerate(events):
         prefix = f"/{index}" if batch else ""
-        one, refused, errors = prepare_one(raw, principal, pseudonym_key)
+        plain = plain_one(raw, principal, pseudonym_key, today, prefix)
+        if plain is not None:
+            prepared.append(plain)
+            continue
+        one, refused, errors = prepare_one(raw, principal, pseudonym_key, prefix)
         forbidden += [{**e, "pointer": prefix + e["pointer"]} for e in refused]
         invalid += [{**e, "pointer": prefix + e["pointer"]} for e in errors]
         if one is not None:
-            prepared.append(dataclasses.replace(one, position=prefix) if prefix else one)
+            prepared.append(one)
     if forbidden:
         raise Problem(403, "Forbidden", "This key may not post these events.", errors=forbidden)
     if invalid:

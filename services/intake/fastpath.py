@@ -1,0 +1,256 @@
+"""The common case of a report, accepted in plain Python. Pure: no I/O.
+
+The full models (``models.IncidentReport`` and the envelope checks of ``binding``) stay the
+definition of what is valid and of every error message. This module only *accepts*: a report
+written the plain way (exact JSON types, canonical ``YYYY-MM-DD`` dates, known vocabulary, no
+unknown field) is checked here field by field and its facts built straight as the JSON the
+full model would dump. Anything else (an error, a float where an int goes, an unusual date
+form, a missing piece) gives ``None`` and goes through the full models, which then name the
+field. ``tests/intake/test_fastpath.py`` checks on random reports (hypothesis) that whatever
+this accepts the full models accept with the same facts, identity and ids.
+
+Why: pydantic's models built eight objects and called back into Python for every date,
+country and precision check, then dumped the facts again: ~40 % of intake's CPU in batch mode.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from services.intake.models import MAX_TEXT, Identity
+from shared.events import _alpha_2_codes
+from shared.vocabulary import (
+    Actor,
+    ActStatus,
+    ActType,
+    DatePrecision,
+    Outcome,
+    Reliability,
+    StatusAbroad,
+    TargetGroup,
+)
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_PARTIAL = re.compile(r"([0-9]{4})(?:-([0-9]{2}))?(?:-([0-9]{2}))?\Z")
+_PARTS_NEEDED = {"year": 1, "month": 2, "day": 3}
+
+_ACT_TYPES = frozenset(v.value for v in ActType)
+_ACTORS = frozenset(v.value for v in Actor)
+_ACT_STATUSES = frozenset(v.value for v in ActStatus)
+_GROUPS = frozenset(v.value for v in TargetGroup)
+_STATUSES_ABROAD = frozenset(v.value for v in StatusAbroad)
+_OUTCOMES = frozenset(v.value for v in Outcome)
+_RELIABILITY = frozenset(v.value for v in Reliability)
+_PRECISIONS = frozenset(v.value for v in DatePrecision)
+
+_REPORT_FIELDS = frozenset({"occurred_on", "date_precision", "location", "target", "acts", "outcome",
+                            "next_hearing_on", "narrative", "sources"})
+_LOCATION_FIELDS = frozenset({"country", "city"})
+_TARGET_FIELDS = frozenset({"group", "nationality", "status_abroad", "identity"})
+_IDENTITY_FIELDS = frozenset({"name", "name_zh", "birth_date"})
+_ACT_FIELDS = frozenset({"type", "on", "actor", "status"})
+_SOURCE_FIELDS = frozenset({"url", "reliability", "credibility"})
+_NARRATIVE_FIELDS = frozenset({"text", "lang"})
+_MAX_NAME = 500
+
+
+_ENVELOPE_TEXT = ("id", "source", "type")
+_ENVELOPE_OPTIONAL = ("subject", "datacontenttype", "dataschema", "time")
+_ENVELOPE_ATTRIBUTES = frozenset({"specversion", *_ENVELOPE_TEXT, *_ENVELOPE_OPTIONAL, "data"})
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}\Z")
+_MAX_ATTRIBUTE = 500
+
+
+class NotPlain(Exception):
+    """Not the plain case: the full models decide (and name the field if it is an error)."""
+
+
+def _day(value: Any, latest: date | None) -> date:
+    """A canonical ``YYYY-MM-DD`` date, not after ``latest`` when given."""
+    if type(value) is not str or _DATE.match(value) is None:
+        raise NotPlain
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise NotPlain from None
+    if latest is not None and day > latest:
+        raise NotPlain
+    return day
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is not None and type(value) is not str:
+        raise NotPlain
+    return value
+
+
+def _occurred_on(value: Any, precision: Any, today: date) -> str:
+    """As ``models._period_start`` and then the date field: the first day of its period."""
+    if type(value) is not str or type(precision) is not str or precision not in _PRECISIONS:
+        raise NotPlain
+    match = _PARTIAL.match(value)
+    if match is None:
+        raise NotPlain
+    year, month, day = match.groups()
+    if 1 + (month is not None) + (day is not None) < _PARTS_NEEDED[precision]:
+        raise NotPlain
+    try:
+        full = date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        raise NotPlain from None
+    if precision == "year":
+        full = full.replace(month=1, day=1)
+    elif precision == "month":
+        full = full.replace(day=1)
+    if full > today:
+        raise NotPlain
+    return full.isoformat()
+
+
+def _location(value: Any) -> dict[str, Any]:
+    if type(value) is not dict or not value.keys() <= _LOCATION_FIELDS:
+        raise NotPlain
+    country = value.get("country")
+    if type(country) is not str or country not in _alpha_2_codes():
+        raise NotPlain
+    return {"country": country, "city": _optional_text(value.get("city"))}
+
+
+def _identity(value: Any, today: date) -> Identity | None:
+    if value is None:
+        return None
+    if type(value) is not dict or not value.keys() <= _IDENTITY_FIELDS:
+        raise NotPlain
+    name = _optional_text(value.get("name"))
+    name_zh = _optional_text(value.get("name_zh"))
+    if (name is not None and len(name) > _MAX_NAME) or (name_zh is not None and len(name_zh) > _MAX_NAME):
+        raise NotPlain
+    birth = value.get("birth_date")
+    fields: dict[str, Any] = {"name": name, "name_zh": name_zh,
+                              "birth_date": None if birth is None else _day(birth, today)}
+    # Every field checked above as the model checks it: constructed without validating again
+    # (with the fields the partner gave, as validation marks them).
+    return Identity.model_construct(**{k: v for k, v in fields.items() if k in value})
+
+
+def _target(value: Any, today: date) -> tuple[dict[str, Any], Identity | None]:
+    if value is None:
+        raise NotPlain
+    if type(value) is not dict or not value.keys() <= _TARGET_FIELDS:
+        raise NotPlain
+    group = value.get("group", "unknown")
+    status_abroad = value.get("status_abroad", "unknown")
+    nationality = value.get("nationality")
+    if type(group) is not str or group not in _GROUPS:
+        raise NotPlain
+    if type(status_abroad) is not str or status_abroad not in _STATUSES_ABROAD:
+        raise NotPlain
+    if nationality is not None and (type(nationality) is not str or nationality not in _alpha_2_codes()):
+        raise NotPlain
+    profile = {"group": group, "nationality": nationality, "status_abroad": status_abroad}
+    return profile, _identity(value.get("identity"), today)
+
+
+def _act(value: Any, today: date) -> dict[str, Any]:
+    if type(value) is not dict or not value.keys() <= _ACT_FIELDS:
+        raise NotPlain
+    kind = value.get("type")
+    actor = value.get("actor", "unknown")
+    status = value.get("status", "unknown")
+    if type(kind) is not str or kind not in _ACT_TYPES:
+        raise NotPlain
+    if type(actor) is not str or actor not in _ACTORS:
+        raise NotPlain
+    if type(status) is not str or status not in _ACT_STATUSES:
+        raise NotPlain
+    on = value.get("on")
+    return {"type": kind, "on": None if on is None else _day(on, today).isoformat(),
+            "actor": actor, "status": status}
+
+
+def _source(value: Any) -> dict[str, Any]:
+    if type(value) is not dict or not value.keys() <= _SOURCE_FIELDS:
+        raise NotPlain
+    url = value.get("url")
+    reliability = value.get("reliability")
+    credibility = value.get("credibility")
+    if type(url) is not str:
+        raise NotPlain
+    if reliability is not None and (type(reliability) is not str or reliability not in _RELIABILITY):
+        raise NotPlain
+    if credibility is not None and (type(credibility) is not int or not 1 <= credibility <= 6):
+        raise NotPlain
+    return {"url": url, "reliability": reliability, "credibility": credibility}
+
+
+def _narrative(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if type(value) is not dict or not value.keys() <= _NARRATIVE_FIELDS:
+        raise NotPlain
+    text = value.get("text")
+    if type(text) is not str or len(text) > MAX_TEXT:
+        raise NotPlain
+    return {"text": text, "lang": _optional_text(value.get("lang"))}
+
+
+def plain_report(data: Any, today: date) -> tuple[dict[str, Any], Identity | None] | None:
+    """(the facts as ``IncidentReport.facts_json()`` gives them, the identity as the model
+    holds it) for a report written the plain way; ``None``: let the full model decide."""
+    try:
+        if type(data) is not dict or not data.keys() <= _REPORT_FIELDS:
+            return None
+        occurred_on = _occurred_on(data.get("occurred_on"), data.get("date_precision"), today)
+        location = _location(data.get("location"))
+        profile, identity = _target(data["target"], today) if "target" in data else (
+            {"group": "unknown", "nationality": None, "status_abroad": "unknown"}, None)
+        acts = data.get("acts", [])
+        sources = data.get("sources", [])
+        if type(acts) is not list or type(sources) is not list:
+            return None
+        outcome = data.get("outcome", "unknown")
+        if type(outcome) is not str or outcome not in _OUTCOMES:
+            return None
+        hearing = data.get("next_hearing_on")
+        facts = {
+            "occurred_on": occurred_on,
+            "date_precision": data["date_precision"],
+            "location": location,
+            "target": profile,
+            "acts": [_act(a, today) for a in acts],
+            "outcome": outcome,
+            "next_hearing_on": None if hearing is None else _day(hearing, None).isoformat(),
+            "narrative": _narrative(data.get("narrative")),
+            "sources": [_source(s) for s in sources],
+        }
+    except NotPlain:
+        return None
+    return facts, identity
+
+
+def _attribute(value: str) -> bool:
+    return len(value) <= _MAX_ATTRIBUTE and "\x00" not in value
+
+
+def plain_envelope(raw: Any) -> bool:
+    """True when ``binding.envelope_errors`` finds nothing, checked the short way (False: ask
+    it). Extension attributes: names of lower-case letters and digits, plain values."""
+    if type(raw) is not dict or raw.get("specversion") != "1.0":
+        return False
+    for attr in _ENVELOPE_TEXT:
+        value = raw.get(attr)
+        if type(value) is not str or not value.strip() or not _attribute(value):
+            return False
+    for attr in _ENVELOPE_OPTIONAL:
+        value = raw.get(attr)
+        if value is not None and (type(value) is not str or not _attribute(value)):
+            return False
+    if not raw.keys() <= _ENVELOPE_ATTRIBUTES:
+        for name, value in raw.items():
+            if name in _ENVELOPE_ATTRIBUTES:
+                continue
+            if _EXTENSION_NAME.match(name) is None or type(value) not in (str, int, bool):
+                return False
+    return True
