@@ -31,7 +31,7 @@ PRINCIPALS = [
 # Values near the edges of what the models take: date forms, vocabulary look-alikes, numbers
 # of other JSON types, long and odd strings.
 future = (TODAY + timedelta(days=1)).isoformat()
-tricky = st.sampled_from([
+tricky: st.SearchStrategy[Any] = st.sampled_from([
     None, True, False, 0, 1, 3, 6, 7, -1, 3.0, 2.5, "3", "", " ", "x", "a" * 501, "\x00",
     "2024", "2024-02", "2024-02-10", "2024-02-30", "2024-2-10", "20240210", "2024-02-10\n",
     "２０２４-02-10", "2024-02-10T00:00:00", "2024-02-10T00:00:00Z", "0000-01-01", "9999-12-31",
@@ -98,7 +98,7 @@ FIELD_NAMES = ["occurred_on", "date_precision", "location", "target", "acts", "o
 @st.composite
 def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
     """A sample event with a few values replaced, removed or added, anywhere in it."""
-    event = copy.deepcopy(draw(st.sampled_from(samples())))
+    event: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(samples())))
     for _ in range(draw(st.integers(0, 3))):
         path = draw(st.sampled_from([p for p in _paths(event) if p]))
         parent: Any = event
