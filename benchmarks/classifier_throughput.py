@@ -27,6 +27,7 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
@@ -182,6 +183,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--with-workers", action="store_true",
+                        help="also run ours with worker processes (TNR_CLASSIFIER_WORKERS; no gain on 2 CPUs)")
     args = parser.parse_args()
 
     # Ours runs as the service runs it: with the tracer installed (exporter "none" by default),
@@ -192,11 +195,10 @@ async def main() -> None:
     await ensure_topics(settings)
     await fill_log(settings, args.events)
     auto = resolve_workers(0)
-    pipelines = {
-        "tnrwatch ClassifierLoop, in event loop": 1,
-        f"tnrwatch ClassifierLoop, {auto} processes": auto,
-        "Quix Streams 3.28 (exactly-once)": 0,
-    }
+    pipelines = {"tnrwatch ClassifierLoop, in event loop": 1}
+    if args.with_workers:
+        pipelines[f"tnrwatch ClassifierLoop, {auto} processes"] = auto
+    pipelines["Quix Streams 3.28 (exactly-once)"] = 0
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
     for run in range(args.runs):
         # Alternate the order, so that a burst of load from elsewhere does not favour one.
@@ -229,4 +231,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The service runs under uvloop (shared/runtime.py serves with loop="uvloop"): so does ours here.
+    uvloop.run(main())

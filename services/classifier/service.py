@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from services.classifier.pipeline import (
@@ -38,10 +39,9 @@ from services.classifier.pipeline import (
     classify_incident,
     process_records,
 )
+from services.classifier.tracing import record_span
 from shared.kafka import dead_letter_payload, make_consumer, make_producer, topics_for
-from shared.serialization import header_map
 from shared.settings import Settings
-from shared.telemetry import consumed_span, current_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Prepared:
     batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     records: list[ConsumerRecord[bytes, bytes]]
     outcomes: list[Outcome]
+    read_at_ns: int  # when the batch was read: where its records' spans start
 
 
 class _StaleBatch(Exception):
@@ -123,6 +124,9 @@ class ClassifierLoop:
         self._stopping = False
         self.lock = asyncio.Lock()
         self.generation = 0
+        self.tracer = trace.get_tracer("tnrwatch.kafka")
+        # The span times of the batch being written (see commit).
+        self._span_start_ns = self._span_end_ns = 0
 
     @property
     def ready(self) -> bool:
@@ -229,6 +233,7 @@ class ClassifierLoop:
         assert consumer is not None
         generation = self.generation
         fetched = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        read_at_ns = time.time_ns()
         self.polled_once = True
         assigned = consumer.assignment()
         # Records fetched before a rebalance for partitions now elsewhere are not ours.
@@ -236,12 +241,14 @@ class ClassifierLoop:
         if not batches:
             return None
         records = [record for recs in batches.values() for record in recs]
-        return Prepared(generation, batches, records, await self.classify_batch(records))
+        return Prepared(generation, batches, records, await self.classify_batch(records), read_at_ns)
 
     async def commit(self, prepared: Prepared) -> None:
         """One transaction: every output of the batch and its offsets, or nothing."""
         producer = self.producer
         assert producer is not None
+        # Each record's span runs from the batch's read to the start of its transaction.
+        self._span_start_ns, self._span_end_ns = prepared.read_at_ns, time.time_ns()
         async with producer.transaction():
             deliveries: list[asyncio.Future[object]] = []
             for record, outcome in zip(prepared.records, prepared.outcomes, strict=True):
@@ -270,13 +277,10 @@ class ClassifierLoop:
             )
             return dead
         assert isinstance(outcome, Output)
-        with consumed_span(
-            "classifier process", header_map(record.headers), {"cloudevents.event_type": outcome.event_type}
-        ):
-            trace = [(name, value.encode()) for name, value in current_trace_headers().items()]
-            delivery: asyncio.Future[object] = await producer.send(
-                self.output_topic, outcome.value, key=outcome.key, headers=outcome.headers + trace
-            )
+        trace_headers = record_span(self.tracer, record.headers, self._span_start_ns, self._span_end_ns)
+        delivery: asyncio.Future[object] = await producer.send(
+            self.output_topic, outcome.value, key=outcome.key, headers=outcome.headers + trace_headers
+        )
         _CLASSIFIED_OK.inc()
         return delivery
 
