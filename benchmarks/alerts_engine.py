@@ -1,13 +1,17 @@
 """Sustained events per second through the alert rules with 100,000 targets of state.
 
-    .venv/bin/python -m benchmarks.alerts_engine [--targets N] [--events N] [--db-events N]
+    .venv/bin/python -m benchmarks.alerts_engine [--mix realistic|busy|both] [--path staged|sequential]
+        [--profile pure|db] [--targets N] [--events N] [--db-events N]
 
 Rows:
 - engine (pure): keys, fold into the key's state (all eight rules), lifecycle of the alerts;
-- handler + PostgreSQL: the service's handler (load state FOR UPDATE, fold, write state,
-  alerts, history and outbox) in one transaction per batch of 1000, with the 100,000 targets'
-  state in the rule_state table. Kafka is not in this row (see alerts_latency). Its CPU column
-  is this process only (PostgreSQL runs beside it on the same cores).
+- handler + PostgreSQL: the service's handler driven by the service's consumer
+  (``PgOffsetConsumer.feed``, Kafka aside): batches of 1000, each batch's state, filings,
+  alerts, history, outbox and offsets in one transaction, with the 100,000 targets' state in
+  the rule_state table. ``staged`` (the service's path) folds batch N+1 while batch N's writes
+  and commit run; ``sequential`` is one batch at a time (the replay's path). Kafka is not in
+  this row (see alerts_latency). Its CPU column is this process only (PostgreSQL runs beside
+  it on the same cores).
 
 Target: >= 5,000 events/s.
 """
@@ -22,8 +26,9 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from services.alerts.engine import ActFact, Engine, IncidentSnapshot, KeyState, Upsert
@@ -31,8 +36,8 @@ from services.alerts.lifecycle import AlertRecord, on_evaluation
 from services.alerts.main import COMPONENT, MIGRATIONS
 from services.alerts.receivers import ReceiversConfig
 from services.alerts.rules import load_rules
-from services.alerts.service import AlertsHandler, alert_id_for
-from shared.consumer import Consumed
+from services.alerts.service import AlertsHandler, alert_id_for, decode
+from shared.consumer import Consumed, PgOffsetConsumer, store_offsets
 from shared.db import create_pool, prepare_database
 from shared.events import (
     Classification,
@@ -222,7 +227,13 @@ def run_pure(
 
 
 async def run_db(
-    mix: Mix, states: dict[str, KeyState], targets: int, events: int, rng: random.Random, profiler: Any = None
+    mix: Mix,
+    states: dict[str, KeyState],
+    targets: int,
+    events: int,
+    rng: random.Random,
+    profiler: Any = None,
+    path: str = "staged",
 ) -> tuple[float, float, int, int]:
     """Wall seconds, this process's CPU seconds (PostgreSQL's are not in it), alerts raised,
     alert changes recorded."""
@@ -252,13 +263,50 @@ async def run_db(
                 )
                 for n in range(events)
             ]
+            # The consumer the service runs (shared/consumer.py), minus Kafka: each batch's
+            # writes and offsets in one transaction; "staged" folds batch N+1 while batch N
+            # commits (the service's path), "sequential" is the plain handler.
+            consumer: PgOffsetConsumer[BaseModel] = PgOffsetConsumer(
+                settings=settings,
+                pool=pool,
+                producer=cast(AIOKafkaProducer, None),  # only for dead letters, none here
+                group_id=COMPONENT,
+                topics=["bench"],
+                dead_letter_topic="bench-dlq",
+                decode=decode,
+                handle=handler,
+                staged=handler if path == "staged" else None,
+            )
+            waited = 0.0  # staged: time the next batch, already folded, waited for the previous commit
+            drain = consumer.drain
+
+            async def timed_drain() -> None:
+                nonlocal waited
+                t = time.perf_counter()
+                try:
+                    await drain()
+                finally:
+                    waited += time.perf_counter() - t
+
+            consumer.drain = timed_drain  # type: ignore[method-assign]
             if profiler is not None:
                 profiler.start()
             started, cpu = time.perf_counter(), time.process_time()
             for i in range(0, events, 1000):
-                async with pool.acquire() as conn, conn.transaction():
-                    await handler(conn, batch[i : i + 1000])
+                chunk = batch[i : i + 1000]
+                positions = {("bench", 0): chunk[-1].offset + 1}
+                if path == "staged":
+                    await consumer.feed(chunk, positions)
+                else:
+                    async with pool.acquire() as conn, conn.transaction():
+                        await handler(conn, chunk)
+                        await store_offsets(conn, COMPONENT, positions)
+            await consumer.drain()
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            if path == "staged":
+                print(f"{mix.name}: waited {waited:.2f}s for commits ({elapsed:.2f}s wall)", flush=True)
+            if handler.fell_back:
+                print(f"{mix.name}: {handler.fell_back} staged batches folded again under lock", flush=True)
             if profiler is not None:
                 profiler.stop()
             raised = await pool.fetchval("SELECT count(*) FROM alerts")
@@ -276,6 +324,12 @@ def main() -> None:
     parser.add_argument("--db-events", type=int, default=10_000)
     parser.add_argument("--mix", choices=["realistic", "busy", "both"], default="both")
     parser.add_argument("--profile", choices=["pure", "db"], help="print a pyinstrument profile of that path")
+    parser.add_argument(
+        "--path",
+        choices=["staged", "sequential", "both"],
+        default="staged",
+        help="the handler as the service runs it (staged: batch N+1 folded while N commits) or one batch at a time",
+    )
     args = parser.parse_args()
     # As in the service (services/alerts/main.py): the rule state is long-lived.
     gc.set_threshold(100_000, 50, 100)
@@ -302,21 +356,26 @@ def main() -> None:
         wall, cpu, changes = run_pure(engine, states, events, json_roundtrip=False)
         if profiler and args.profile == "pure":
             profiler.stop()
-        db_elapsed, db_cpu, raised, db_changes = asyncio.run(
-            run_db(mix, states, args.targets, args.db_events, rng, profiler if args.profile == "db" else None)
-        )
-        if profiler:
-            print(profiler.output_text(unicode=False, color=False, show_all=False))
         lines.append(
             f"{name + ': engine (pure)':<44}{args.events:>8,}{changes / args.events:>9.2f}{wall:>8.2f}"
             f"{args.events / wall:>10,.0f}{cpu:>7.2f}{args.events / cpu:>14,.0f}{'>= 5,000':>10}"
         )
-        lines.append(
-            f"{name + ': handler + PostgreSQL (batch 1000)':<44}{args.db_events:>8,}{db_changes / args.db_events:>9.2f}"
-            f"{db_elapsed:>8.2f}{args.db_events / db_elapsed:>10,.0f}{db_cpu:>7.2f}{args.db_events / db_cpu:>14,.0f}"
-            f"{'>= 5,000':>10}"
-        )
-        print(f"{name}: handler run raised {raised:,} alerts", flush=True)
+        paths = ["sequential", "staged"] if args.path == "both" else [args.path]
+        db_rng_state = rng.getstate()  # each path folds the same events
+        for path in paths:
+            rng.setstate(db_rng_state)
+            db_elapsed, db_cpu, raised, db_changes = asyncio.run(
+                run_db(mix, states, args.targets, args.db_events, rng, profiler if args.profile == "db" else None, path)
+            )
+            label = f"{name}: handler + PostgreSQL ({path})"
+            lines.append(
+                f"{label:<44}{args.db_events:>8,}{db_changes / args.db_events:>9.2f}"
+                f"{db_elapsed:>8.2f}{args.db_events / db_elapsed:>10,.0f}{db_cpu:>7.2f}"
+                f"{args.db_events / db_cpu:>14,.0f}{'>= 5,000':>10}"
+            )
+            print(f"{name}: handler run ({path}) raised {raised:,} alerts, {db_changes:,} changes", flush=True)
+        if profiler:
+            print(profiler.output_text(unicode=False, color=False, show_all=False))
         del states, events
         gc.unfreeze()
         gc.collect()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -49,6 +49,34 @@ Decode = Callable[[CloudEvent], T]
 Handler = Callable[[asyncpg.Connection, Sequence[Consumed[T]]], Awaitable[None]]
 
 
+class Staged(Protocol):
+    """One batch prepared by a :class:`StagedHandler`, waiting for its transaction."""
+
+    @property
+    def current(self) -> bool:
+        """False when what it was prepared from has changed since: prepare it again."""
+        ...
+
+    async def apply(self, conn: asyncpg.Connection) -> None:
+        """The batch's writes, inside the offsets' transaction."""
+        ...
+
+    def committed(self) -> None:
+        """Called once the transaction has committed."""
+        ...
+
+
+class StagedHandler(Protocol[T]):
+    """A handler in two steps, so the consumer prepares batch N+1 (reads, computing) while
+    batch N's writes and commit run. ``stage`` may build on batches staged before it whose
+    commit is still in flight; if one of them fails, ``discard`` is called and the consumer
+    starts again from the offsets stored in PostgreSQL."""
+
+    async def stage(self, pool: asyncpg.Pool, batch: Sequence[Consumed[T]]) -> Staged: ...
+
+    def discard(self) -> None: ...
+
+
 async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, group_id: str) -> dict[tuple[str, int], int]:
     rows = await conn.fetch(
         "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1", group_id
@@ -71,7 +99,12 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        return None  # nothing to flush: every batch is committed before the next poll
+        # A staged consumer may have a commit in flight: finish it before the positions are
+        # read again from PostgreSQL (a failure is raised by the loop, which restarts).
+        try:
+            await self.owner.drain()
+        except Exception as exc:
+            self.owner.failed = exc
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self.owner.consumer
@@ -99,6 +132,7 @@ class PgOffsetConsumer(Generic[T]):
         decode: Decode[T],
         handle: Handler[T],
         max_records: int = 1000,
+        staged: StagedHandler[T] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -109,6 +143,10 @@ class PgOffsetConsumer(Generic[T]):
         self.decode = decode
         self.handle = handle
         self.max_records = max_records
+        # With a staged handler, batch N+1 is prepared while batch N commits (see ``feed``).
+        self.staged = staged
+        self.pending: asyncio.Task[dict[tuple[str, int], int]] | None = None
+        self.failed: Exception | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[TopicPartition] = set()
         self.polled_once = False
@@ -130,13 +168,97 @@ class PgOffsetConsumer(Generic[T]):
             while not self._stopping.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 self.polled_once = True
+                if self.failed is not None:
+                    failed, self.failed = self.failed, None
+                    raise failed
                 records = [r for rs in batches.values() for r in rs]
-                if records:
+                if not records:
+                    await self.drain()  # idle: nothing stays in flight
+                elif self.staged is None:
                     self._report_lag(await self.process(records))
+                else:
+                    await self.feed(*await self._decode(records))
         finally:
-            await self.consumer.stop()
+            try:
+                await self.drain()
+            finally:
+                await self.consumer.stop()
 
     async def process(self, records: Sequence[ConsumerRecord]) -> dict[tuple[str, int], int]:
+        decoded, positions, spans = await self._decode(records)
+        # One span for the batch's transaction, linked to each record's trace (the records'
+        # own spans stay open until the commit, so every trace reaches the write).
+        links = [trace.Link(span.get_span_context()) for span in spans]
+        try:
+            with self._tracer.start_as_current_span(f"{self.group_id} apply batch", links=links):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if decoded:
+                        await self.handle(conn, decoded)
+                    await store_offsets(conn, self.group_id, positions)
+        finally:
+            for span in spans:
+                span.end()
+        CONSUMED.labels(self.group_id).inc(len(decoded))
+        return positions
+
+    async def feed(
+        self,
+        decoded: Sequence[Consumed[T]],
+        positions: dict[tuple[str, int], int],
+        spans: Sequence[trace.Span] = (),
+    ) -> None:
+        """Stage a decoded batch while the previous one commits, then start its commit.
+
+        Exactly-once holds as in ``process``: each batch's writes and offsets commit in one
+        transaction, in order (batch N+1's transaction begins after batch N's has committed)."""
+        staged_handler = self.staged
+        assert staged_handler is not None, "feed needs a staged handler"
+        try:
+            staged = await staged_handler.stage(self.pool, decoded) if decoded else None
+            await self.drain()
+            if staged is not None and not staged.current:
+                staged = await staged_handler.stage(self.pool, decoded)  # nothing in flight now
+        except BaseException:
+            staged_handler.discard()
+            for span in spans:
+                span.end()
+            raise
+        self.pending = asyncio.create_task(self._commit(staged, len(decoded), positions, spans))
+
+    async def drain(self) -> None:
+        """Wait for the batch whose commit is in flight; a failure discards what was staged."""
+        task, self.pending = self.pending, None
+        if task is None:
+            return
+        try:
+            positions = await task
+        except BaseException:
+            if self.staged is not None:
+                self.staged.discard()
+            raise
+        self._report_lag(positions)
+
+    async def _commit(
+        self, staged: Staged | None, count: int, positions: dict[tuple[str, int], int], spans: Sequence[trace.Span]
+    ) -> dict[tuple[str, int], int]:
+        links = [trace.Link(span.get_span_context()) for span in spans]
+        try:
+            with self._tracer.start_as_current_span(f"{self.group_id} apply batch", links=links):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if staged is not None:
+                        await staged.apply(conn)
+                    await store_offsets(conn, self.group_id, positions)
+        finally:
+            for span in spans:
+                span.end()
+        if staged is not None:
+            staged.committed()
+        CONSUMED.labels(self.group_id).inc(count)
+        return positions
+
+    async def _decode(
+        self, records: Sequence[ConsumerRecord]
+    ) -> tuple[list[Consumed[T]], dict[tuple[str, int], int], list[trace.Span]]:
         decoded: list[Consumed[T]] = []
         spans = []
         positions: dict[tuple[str, int], int] = {}
@@ -163,20 +285,7 @@ class PgOffsetConsumer(Generic[T]):
                 )
             )
             decoded.append(Consumed(record.topic, record.partition, record.offset, event, value))
-        # One span for the batch's transaction, linked to each record's trace (the records'
-        # own spans stay open until the commit, so every trace reaches the write).
-        links = [trace.Link(span.get_span_context()) for span in spans]
-        try:
-            with self._tracer.start_as_current_span(f"{self.group_id} apply batch", links=links):
-                async with self.pool.acquire() as conn, conn.transaction():
-                    if decoded:
-                        await self.handle(conn, decoded)
-                    await store_offsets(conn, self.group_id, positions)
-        finally:
-            for span in spans:
-                span.end()
-        CONSUMED.labels(self.group_id).inc(len(decoded))
-        return positions
+        return decoded, positions, spans
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         value, headers = dead_letter_payload(record, reason, self.group_id)

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, FastAPI
 
-from shared.consumer import Decode, Handler, PgOffsetConsumer
+from shared.consumer import Decode, Handler, PgOffsetConsumer, StagedHandler
 from shared.db import create_pool, prepare_database
 from shared.kafka import ensure_topics, make_producer, topics_for
 from shared.runtime import Supervised
@@ -36,6 +36,8 @@ class ConsumerService:
     # Started after the consumer, stopped before it (e.g. delivery workers).
     extras: Sequence[Extra] = field(default_factory=list)
     on_ready: Callable[[FastAPI], Awaitable[None]] | None = None
+    # Optional: the same handler in two steps, so batch N+1 is prepared while N commits.
+    staged: StagedHandler[Any] | None = None
 
 
 def create_consumer_app(spec: ConsumerService, settings: Settings, **app_kwargs: Any) -> FastAPI:
@@ -51,7 +53,7 @@ def create_consumer_app(spec: ConsumerService, settings: Settings, **app_kwargs:
         consumer: PgOffsetConsumer[Any] = PgOffsetConsumer(
             settings=settings, pool=pool, producer=producer, group_id=spec.component,
             topics=spec.topics(topics), dead_letter_topic=topics.dead_letter(spec.component),
-            decode=spec.decode, handle=spec.handle,
+            decode=spec.decode, handle=spec.handle, staged=spec.staged,
         )
         supervised = Supervised(f"{spec.component}-consumer", consumer.run)
         app.state.pool, app.state.consumer, app.state.settings = pool, consumer, settings

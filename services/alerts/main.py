@@ -27,13 +27,15 @@ def build_spec(settings: Settings) -> ConsumerService:
     """Raises RulesError / ReceiversError with every problem listed: the service does not start."""
     rules = load_rules(settings.rules_file or None)
     receivers = load_receivers(settings.receivers_file or None)
+    handler = service.AlertsHandler(Engine(rules), receivers)
     return ConsumerService(
         component=COMPONENT,
         title="tnrwatch alerts",
         migrations=MIGRATIONS,
         topics=lambda t: [t.classifications],
         decode=service.decode,
-        handle=service.AlertsHandler(Engine(rules), receivers),
+        handle=handler,
+        staged=handler,  # batch N+1 is folded while batch N commits
         routers=[router],
         extras=[delivery_extra(settings, receivers)],
     )

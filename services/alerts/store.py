@@ -22,8 +22,11 @@ NOTIFY_CHANNEL = "tnr_alert_changes"
 # --- Rule state ------------------------------------------------------------------------------
 
 
-async def load_watermark(conn: asyncpg.Connection) -> date | None:
-    value: date | None = await conn.fetchval("SELECT watermark FROM rule_watermark FOR UPDATE")
+async def load_watermark(conn: asyncpg.Connection, *, lock: bool = True) -> date | None:
+    # The lock also serialises replicas' batches (a key new to both cannot be written twice).
+    value: date | None = await conn.fetchval(
+        "SELECT watermark FROM rule_watermark" + (" FOR UPDATE" if lock else "")
+    )
     return value
 
 
@@ -89,6 +92,74 @@ async def load_states(
                 raw = await conn.fetchval("SELECT state::text FROM rule_state WHERE key = $1", key)
             states[key] = KeyState.from_json(orjson.loads(raw))
     return states
+
+
+async def read_states(
+    conn: asyncpg.Connection, keys: Sequence[str], cache: StateCache
+) -> dict[str, tuple[uuid.UUID | None, KeyState]]:
+    """The committed states of ``keys`` with their version tokens (None: no row), without
+    locks: a staged batch checks the versions again under lock before it writes."""
+    cached = cache.entries
+    known = [k for k in keys if k in cached]
+    rows = await conn.fetch(
+        """SELECT s.key, s.version,
+                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state::text END AS state
+             FROM rule_state s LEFT JOIN unnest($2::text[], $3::uuid[]) AS c(key, version) ON c.key = s.key
+            WHERE s.key = ANY($1::text[])""",
+        list(keys),
+        known,
+        [cached[k][0] for k in known],
+    )
+    found: dict[str, tuple[uuid.UUID | None, KeyState]] = {}
+    for r in rows:
+        key, raw, version = r["key"], r["state"], r["version"]
+        hit = cache.get(key, version) if raw is None else None
+        if hit is None:
+            if raw is None:  # the cache entry went between the query and here; read it again
+                raw = await conn.fetchval("SELECT state::text FROM rule_state WHERE key = $1", key)
+            hit = KeyState.from_json(orjson.loads(raw)) if raw is not None else KeyState()
+        found[key] = (version, hit)
+    return found
+
+
+async def lock_state_versions(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, uuid.UUID | None]:
+    """Lock the rows of ``keys`` (FOR UPDATE) and return their version tokens."""
+    rows = await conn.fetch(
+        "SELECT key, version FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE",
+        sorted(keys),
+    )
+    return {r["key"]: r["version"] for r in rows}
+
+
+@dataclass(frozen=True)
+class StateWrites:
+    """A batch's state writes, encoded while the previous batch commits."""
+
+    deleted: list[str]
+    keys: list[str]
+    states: list[str]  # JSON text
+    versions: list[uuid.UUID]
+
+
+def encode_states(states: dict[str, KeyState]) -> StateWrites:
+    deleted = [k for k, s in states.items() if s.empty]
+    keys = [k for k, s in states.items() if not s.empty]
+    return StateWrites(deleted, keys, [dumps(states[k].to_json()) for k in keys], [uuid.uuid4() for _ in keys])
+
+
+async def write_states(conn: asyncpg.Connection, writes: StateWrites) -> None:
+    if writes.deleted:
+        await conn.execute("DELETE FROM rule_state WHERE key = ANY($1::text[])", writes.deleted)
+    if writes.keys:
+        await conn.execute(
+            """INSERT INTO rule_state (key, state, version)
+               SELECT k, s::jsonb, v FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(k, s, v)
+               ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
+                   updated_at = now()""",
+            writes.keys,
+            writes.states,
+            writes.versions,
+        )
 
 
 async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None) -> None:
@@ -213,6 +284,22 @@ async def load_alerts(conn: asyncpg.Connection, fingerprints: Iterable[str]) -> 
     return {r["fingerprint"]: _record(r) for r in rows}
 
 
+async def read_alerts(conn: asyncpg.Connection, fingerprints: Iterable[str]) -> dict[str, AlertRecord]:
+    """As ``load_alerts`` without locks (a staged batch checks the revisions under lock)."""
+    rows = await conn.fetch(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE fingerprint = ANY($1::text[])", list(fingerprints)
+    )
+    return {r["fingerprint"]: _record(r) for r in rows}
+
+
+async def lock_alert_revisions(conn: asyncpg.Connection, fingerprints: Iterable[str]) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT fingerprint, revision FROM alerts WHERE fingerprint = ANY($1::text[]) ORDER BY fingerprint FOR UPDATE",
+        sorted(fingerprints),
+    )
+    return {r["fingerprint"]: r["revision"] for r in rows}
+
+
 async def get_alert(
     conn: asyncpg.Connection | asyncpg.Pool, alert_id: str, *, for_update: bool = False
 ) -> AlertRecord | None:
@@ -268,6 +355,10 @@ async def save_alerts(
         return
     events = event_json if event_json is not None else [None] * len(records)
     columns = [list(c) for c in zip(*(_alert_row(r, e) for r, e in zip(records, events, strict=True)), strict=True)]
+    await _upsert_alert_columns(conn, columns)
+
+
+async def _upsert_alert_columns(conn: asyncpg.Connection, columns: list[list[Any]]) -> None:
     params = ", ".join(f"${n}::{t.strip()}" for n, t in enumerate(_ALERT_ARRAY_TYPES.split(","), start=1))
     await conn.execute(
         f"""INSERT INTO alerts ({_ALERT_COLUMNS})
@@ -332,52 +423,95 @@ class Recorded:
     api_json: dict[str, Any] | None = None  # the record as the API shows it, when already made
 
 
+@dataclass(frozen=True)
+class EncodedChanges:
+    """A batch of alert changes as the columns of their rows (JSON already encoded): made while
+    the previous batch commits, written by ``write_changes``."""
+
+    alert_columns: list[list[Any]]
+    alert_ids: list[str]
+    fingerprints: list[str]
+    revisions: list[int]
+    kinds: list[str]
+    notify_keys: list[str | None]
+    silenced: list[bool]
+    payloads: list[str]
+    outbox_receivers: list[str]
+    outbox_fingerprints: list[str]
+    outbox_notify_keys: list[str]
+    outbox_payloads: list[str]  # without change_id (added in SQL once the ids are drawn)
+    outbox_changes: list[int]  # the index of each outbox row's change
+
+
+def encode_changes(items: Sequence[Recorded]) -> EncodedChanges:
+    latest = {i.change.record.alert_id: i for i in items}
+    alert_rows = [_alert_row(i.change.record, i.event_json) for i in latest.values()]
+    records = [i.change.record for i in items]
+    outbox = [(n, o) for n, i in enumerate(items) for o in i.outgoing]
+    return EncodedChanges(
+        alert_columns=[list(c) for c in zip(*alert_rows, strict=True)] if alert_rows else [],
+        alert_ids=[r.alert_id for r in records],
+        fingerprints=[r.fingerprint for r in records],
+        revisions=[r.revision for r in records],
+        kinds=[i.change.kind.value for i in items],
+        notify_keys=[i.change.notify_key for i in items],
+        silenced=[i.silenced for i in items],
+        payloads=[dumps(i.api_json if i.api_json is not None else i.change.record.to_api()) for i in items],
+        outbox_receivers=[o.receiver for _, o in outbox],
+        outbox_fingerprints=[items[n].change.record.fingerprint for n, _ in outbox],
+        outbox_notify_keys=[o.notify_key for _, o in outbox],
+        outbox_payloads=[dumps(o.payload) for _, o in outbox],
+        outbox_changes=[n for n, _ in outbox],
+    )
+
+
 async def record_changes(conn: asyncpg.Connection, items: Sequence[Recorded]) -> list[int]:
     """Save the alerts (their latest state), the history rows and the outbox rows of a batch of
     changes, one statement per table; returns the change ids in order."""
     if not items:
         return []
-    latest = {i.change.record.alert_id: i for i in items}
-    await save_alerts(conn, [i.change.record for i in latest.values()], [i.event_json for i in latest.values()])
+    return await write_changes(conn, encode_changes(items))
+
+
+async def write_changes(conn: asyncpg.Connection, encoded: EncodedChanges) -> list[int]:
+    if not encoded.alert_ids:
+        return []
+    await _upsert_alert_columns(conn, encoded.alert_columns)
     change_ids: list[int] = [
         r[0]
         for r in await conn.fetch(
             "SELECT nextval(pg_get_serial_sequence('alert_changes', 'change_id')) FROM generate_series(1, $1)",
-            len(items),
+            len(encoded.alert_ids),
         )
     ]
-    records = [i.change.record for i in items]
     await conn.execute(
         """INSERT INTO alert_changes (change_id, alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
            SELECT c, a, f, r, k, n, s, p::jsonb
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[],
                          $8::text[]) AS t(c, a, f, r, k, n, s, p)""",
         change_ids,
-        [r.alert_id for r in records],
-        [r.fingerprint for r in records],
-        [r.revision for r in records],
-        [i.change.kind.value for i in items],
-        [i.change.notify_key for i in items],
-        [i.silenced for i in items],
-        [dumps(i.api_json if i.api_json is not None else i.change.record.to_api()) for i in items],
+        encoded.alert_ids,
+        encoded.fingerprints,
+        encoded.revisions,
+        encoded.kinds,
+        encoded.notify_keys,
+        encoded.silenced,
+        encoded.payloads,
     )
-    outbox = [
-        (o.receiver, i.change.record.fingerprint, o.notify_key, dumps({**o.payload, "change_id": cid}))
-        for cid, i in zip(change_ids, items, strict=True)
-        for o in i.outgoing
-    ]
-    if outbox:
-        receivers, fingerprints, notify_keys, payloads = (list(c) for c in zip(*outbox, strict=True))
+    if encoded.outbox_receivers:
         await conn.execute(
             """INSERT INTO outbox (receiver, fingerprint, notify_key, payload)
-               SELECT r, f, n, p::jsonb
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(r, f, n, p, o)
+               SELECT r, f, n, p::jsonb || jsonb_build_object('change_id', ($5::bigint[])[i + 1])
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::int[]) WITH ORDINALITY
+                      AS t(r, f, n, p, i, o)
                 ORDER BY o  -- outbox_id order is delivery order
                ON CONFLICT (receiver, fingerprint, notify_key) DO NOTHING""",
-            receivers,
-            fingerprints,
-            notify_keys,
-            payloads,
+            encoded.outbox_receivers,
+            encoded.outbox_fingerprints,
+            encoded.outbox_notify_keys,
+            encoded.outbox_payloads,
+            change_ids,
+            encoded.outbox_changes,
         )
     return change_ids
 
