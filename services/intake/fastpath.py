@@ -19,7 +19,7 @@ import re
 from datetime import date
 from typing import Any
 
-from services.intake.models import MAX_TEXT, Identity
+from services.intake.models import MAX_TEXT, PlainIdentity
 from shared.events import _alpha_2_codes
 from shared.vocabulary import (
     Actor,
@@ -67,17 +67,18 @@ class NotPlain(Exception):
     """Not the plain case: the full models decide (and name the field if it is an error)."""
 
 
-def _day(value: Any, latest: date | None) -> date:
-    """A canonical ``YYYY-MM-DD`` date, not after ``latest`` when given."""
+def _day(value: Any, latest: str | None) -> str:
+    """A canonical ``YYYY-MM-DD`` date (returned as it is: the model dumps the same text), not
+    after ``latest`` (the same form: such dates compare as their text does)."""
     if type(value) is not str or _DATE.match(value) is None:
         raise NotPlain
     try:
-        day = date.fromisoformat(value)
+        date.fromisoformat(value)
     except ValueError:
         raise NotPlain from None
-    if latest is not None and day > latest:
+    if latest is not None and value > latest:
         raise NotPlain
-    return day
+    return value
 
 
 def _optional_text(value: Any) -> str | None:
@@ -118,7 +119,7 @@ def _location(value: Any) -> dict[str, Any]:
     return {"country": country, "city": _optional_text(value.get("city"))}
 
 
-def _identity(value: Any, today: date) -> Identity | None:
+def _identity(value: Any, latest: str) -> PlainIdentity | None:
     if value is None:
         return None
     if type(value) is not dict or not value.keys() <= _IDENTITY_FIELDS:
@@ -128,14 +129,10 @@ def _identity(value: Any, today: date) -> Identity | None:
     if (name is not None and len(name) > _MAX_NAME) or (name_zh is not None and len(name_zh) > _MAX_NAME):
         raise NotPlain
     birth = value.get("birth_date")
-    fields: dict[str, Any] = {"name": name, "name_zh": name_zh,
-                              "birth_date": None if birth is None else _day(birth, today)}
-    # Every field checked above as the model checks it: constructed without validating again
-    # (with the fields the partner gave, as validation marks them).
-    return Identity.model_construct(**{k: v for k, v in fields.items() if k in value})
+    return PlainIdentity(name, name_zh, None if birth is None else date.fromisoformat(_day(birth, latest)))
 
 
-def _target(value: Any, today: date) -> tuple[dict[str, Any], Identity | None]:
+def _target(value: Any, latest: str) -> tuple[dict[str, Any], PlainIdentity | None]:
     if value is None:
         raise NotPlain
     if type(value) is not dict or not value.keys() <= _TARGET_FIELDS:
@@ -150,10 +147,10 @@ def _target(value: Any, today: date) -> tuple[dict[str, Any], Identity | None]:
     if nationality is not None and (type(nationality) is not str or nationality not in _alpha_2_codes()):
         raise NotPlain
     profile = {"group": group, "nationality": nationality, "status_abroad": status_abroad}
-    return profile, _identity(value.get("identity"), today)
+    return profile, _identity(value.get("identity"), latest)
 
 
-def _act(value: Any, today: date) -> dict[str, Any]:
+def _act(value: Any, latest: str) -> dict[str, Any]:
     if type(value) is not dict or not value.keys() <= _ACT_FIELDS:
         raise NotPlain
     kind = value.get("type")
@@ -166,7 +163,7 @@ def _act(value: Any, today: date) -> dict[str, Any]:
     if type(status) is not str or status not in _ACT_STATUSES:
         raise NotPlain
     on = value.get("on")
-    return {"type": kind, "on": None if on is None else _day(on, today).isoformat(),
+    return {"type": kind, "on": None if on is None else _day(on, latest),
             "actor": actor, "status": status}
 
 
@@ -196,15 +193,16 @@ def _narrative(value: Any) -> dict[str, Any] | None:
     return {"text": text, "lang": _optional_text(value.get("lang"))}
 
 
-def plain_report(data: Any, today: date) -> tuple[dict[str, Any], Identity | None] | None:
+def plain_report(data: Any, today: date) -> tuple[dict[str, Any], PlainIdentity | None] | None:
     """(the facts as ``IncidentReport.facts_json()`` gives them, the identity as the model
     holds it) for a report written the plain way; ``None``: let the full model decide."""
     try:
         if type(data) is not dict or not data.keys() <= _REPORT_FIELDS:
             return None
+        latest = today.isoformat()  # no date but next_hearing_on may be after it
         occurred_on = _occurred_on(data.get("occurred_on"), data.get("date_precision"), today)
         location = _location(data.get("location"))
-        profile, identity = _target(data["target"], today) if "target" in data else (
+        profile, identity = _target(data["target"], latest) if "target" in data else (
             {"group": "unknown", "nationality": None, "status_abroad": "unknown"}, None)
         acts = data.get("acts", [])
         sources = data.get("sources", [])
@@ -219,9 +217,9 @@ def plain_report(data: Any, today: date) -> tuple[dict[str, Any], Identity | Non
             "date_precision": data["date_precision"],
             "location": location,
             "target": profile,
-            "acts": [_act(a, today) for a in acts],
+            "acts": [_act(a, latest) for a in acts],
             "outcome": outcome,
-            "next_hearing_on": None if hearing is None else _day(hearing, None).isoformat(),
+            "next_hearing_on": None if hearing is None else _day(hearing, None),
             "narrative": _narrative(data.get("narrative")),
             "sources": [_source(s) for s in sources],
         }

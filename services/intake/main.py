@@ -127,17 +127,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def main() -> None:
-    settings = get_settings()
-    configure_logging(settings.log_level)
-    app = create_app(settings)
-    # Parsing a batch allocates thousands of containers, which set off collections that walk
-    # every object of the process (FastAPI, pydantic's schemas, aiokafka): measured ~13 µs an
-    # event. The start-up objects live for ever, so they are frozen out of the collector, and
-    # collections come ten times less often (intake makes few reference cycles).
+def _tune_gc() -> None:
+    """Parsing a batch allocates thousands of containers, which set off collections that walk
+    every object of the process (FastAPI, pydantic's schemas, aiokafka): measured ~13 µs an
+    event. The start-up objects live for ever, so they are frozen out of the collector, and
+    collections come ten times less often (intake makes few reference cycles)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(7_000, 20, 20)
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several worker processes (``TNR_INTAKE_WORKERS`` > 1): uvicorn calls
+    this in each worker."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    _tune_gc()
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if settings.intake_workers > 1:
+        # Each worker has its own producer, pool, key cache and rate buckets; claims in
+        # PostgreSQL keep a report posted to two workers at once written once.
+        serve(None, default_port=DEFAULT_PORT, workers=settings.intake_workers,
+              app_factory="services.intake.main:worker_app")
+        return
+    app = create_app(settings)
+    _tune_gc()
     serve(app, default_port=DEFAULT_PORT)
 
 

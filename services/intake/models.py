@@ -7,9 +7,11 @@ message names the field, never the value: values may be personal data.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import orjson
 from pydantic import Field, field_validator, model_validator
 
 from shared.events import Act, IncidentFacts, StrictModel, TargetProfile, _iso_country
@@ -41,6 +43,28 @@ class Identity(StrictModel):
 
     def names_somebody(self) -> bool:
         return bool((self.name and self.name.strip()) or (self.name_zh and self.name_zh.strip()))
+
+
+@dataclass(frozen=True, slots=True)
+class PlainIdentity:
+    """An :class:`Identity` whose fields were checked as the model checks them (intake's fast
+    path): the same fields and answers, without the model's ~5 µs of construction."""
+
+    name: str | None = None
+    name_zh: str | None = None
+    birth_date: date | None = None
+
+    def names_somebody(self) -> bool:
+        return bool((self.name and self.name.strip()) or (self.name_zh and self.name_zh.strip()))
+
+    def model_dump_json(self, *, exclude_none: bool = True) -> str:
+        """``Identity.model_dump_json(exclude_none=True)``'s fields (what is sealed)."""
+        fields = {"name": self.name, "name_zh": self.name_zh,
+                  "birth_date": None if self.birth_date is None else self.birth_date.isoformat()}
+        return orjson.dumps({k: v for k, v in fields.items() if v is not None}).decode()
+
+
+AnyIdentity = Identity | PlainIdentity
 
 
 class ReportedTarget(TargetProfile):

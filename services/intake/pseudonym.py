@@ -24,7 +24,7 @@ import re
 import unicodedata
 import uuid
 
-from services.intake.models import Identity
+from services.intake.models import AnyIdentity
 
 _INCIDENT_NAMESPACE = uuid.UUID("0b8f3c52-5f0e-4f5e-9d1e-7a2b6c1d9e00")
 _EVENT_NAMESPACE = uuid.UUID("5d0c1a7e-2b61-4d0e-8f59-3c7f1e9a4b21")
@@ -52,7 +52,7 @@ def normalise_name(name: str) -> str:
     return " ".join(sorted(tokens))  # "Li Wei" and "WEI, li" are the same person
 
 
-def identity_key(identity: Identity) -> str | None:
+def identity_key(identity: AnyIdentity) -> str | None:
     """The normalised identity, or None when it names nobody."""
     names = [normalise_name(n) for n in (identity.name, identity.name_zh) if n]
     names = [n for n in names if n]
@@ -80,12 +80,12 @@ def _ref(key: bytes, material: str) -> str:
     return "tr_" + b32_160(digest[:20])
 
 
-def person_ref(key: bytes, identity: Identity) -> str | None:
+def person_ref(key: bytes, identity: AnyIdentity) -> str | None:
     material = identity_key(identity)
     return None if material is None else _ref(key, material)
 
 
-def target_ref_for(key: bytes, identity: Identity | None, *, source: str, subject: str) -> str:
+def target_ref_for(key: bytes, identity: AnyIdentity | None, *, source: str, subject: str) -> str:
     """Without an identity the target is the partner's own incident series."""
     ref = person_ref(key, identity) if identity is not None else None
     return ref if ref is not None else _ref(key, f"series|{source}|{subject}")

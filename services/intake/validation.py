@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from services.intake import models
 from services.intake.binding import envelope_errors
 from services.intake.fastpath import plain_envelope, plain_report
-from services.intake.models import ErasureRequest, Identity, IncidentReport, RetractionData
+from services.intake.models import AnyIdentity, ErasureRequest, IncidentReport, RetractionData
 from services.intake.pseudonym import event_id_for, incident_id_for, person_ref, target_ref_for
 from shared.auth import Principal
 from shared.events import CloudEvent, PartnerEventType
@@ -44,7 +44,7 @@ class Prepared:
     event_id: str  # of the internal event: the same for every attempt
     incident_id: str | None  # None for an erasure
     target_ref: str | None  # None for a retraction until the incident is looked up
-    identity: Identity | None  # clear: stays in this process until sealed
+    identity: AnyIdentity | None  # clear: stays in this process until sealed
     position: str = ""  # "/<index>" in a batch: the prefix of this event's error pointers
     key: tuple[str, str] = field(init=False)  # (source, id): the partner's idempotency key
 

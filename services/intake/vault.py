@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from services.intake.models import Identity
+from services.intake.models import AnyIdentity, Identity
 
 _NONCE = 12
 _VERSION = b"\x01"  # first byte of every sealed value, so the format can change later
@@ -71,11 +71,14 @@ def unwrap_data_key(master_key: bytes, wrapped: bytes, target_ref: str) -> bytes
     return _open(master_key, wrapped, b"data-key|" + target_ref.encode())
 
 
-def seal_identity(data_key: bytes, identity: Identity, target_ref: str) -> bytes:
-    # pydantic's own JSON (compact, UTF-8): a quarter of the cost of model_dump + json.dumps;
+def seal_identity(data_key: bytes | AESGCM, identity: AnyIdentity, target_ref: str) -> bytes:
+    """``data_key`` may be given as its ``AESGCM`` (made once per key: ~3 µs each time)."""
+    # Compact JSON (pydantic's or orjson's): a quarter of the cost of model_dump + json.dumps;
     # open_identity reads either form.
     plaintext = identity.model_dump_json(exclude_none=True)
-    return _seal(data_key, plaintext.encode(), b"identity|" + target_ref.encode())
+    aead = data_key if isinstance(data_key, AESGCM) else AESGCM(data_key)
+    nonce = os.urandom(_NONCE)
+    return _VERSION + nonce + aead.encrypt(nonce, plaintext.encode(), b"identity|" + target_ref.encode())
 
 
 def open_identity(data_key: bytes, sealed: bytes, target_ref: str) -> Identity:
