@@ -66,11 +66,27 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
-def serve(app: FastAPI, *, default_port: int, host: str | None = None) -> None:
-    """Serve with uvicorn; SIGTERM/SIGINT finish in-flight requests, then run shutdown."""
+def serve(
+    app: FastAPI | None, *, default_port: int, host: str | None = None, workers: int = 1,
+    app_factory: str | None = None,
+) -> None:
+    """Serve with uvicorn; SIGTERM/SIGINT finish in-flight requests, then run shutdown.
+
+    ``workers`` > 1: that many processes share the port (uvicorn's supervisor binds it once and
+    restarts a worker that dies); each builds its app by calling ``app_factory``
+    ("module:function"), since an app object cannot be handed to another process."""
     port = int(os.environ.get("TNR_PORT", default_port))
+    target: FastAPI | str | None = app
+    if workers > 1:
+        if app_factory is None:
+            raise ValueError("several workers need an app factory")
+        target = app_factory
+    if target is None:
+        raise ValueError("nothing to serve")
     uvicorn.run(
-        app,
+        target,
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=host or os.environ.get("TNR_HOST", "127.0.0.1"),
         port=port,
         log_level="warning",

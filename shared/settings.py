@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = 5000
     # Intake keeps an authenticated key this long: a revoked key stops working within it.
     auth_cache_seconds: float = 5.0
+    # Intake worker processes sharing the port (claims are in PostgreSQL, so duplicates stay
+    # safe; rate limits and the key cache are per worker). See docs/intake.md.
+    intake_workers: int = 1
 
     # Readers without incidents:read see stats with cells under k suppressed.
     stats_k: int = 3
