@@ -3,12 +3,15 @@ the audit log. Each function is one round trip unless it says otherwise."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+import orjson
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,15 @@ class ClaimResult:
     seen: Existing | None  # else the row found, when it was there before this statement
 
 
+def _rows_json(rows: list[dict[str, Any]]) -> str:
+    """Many rows as one JSON parameter (``json_to_recordset``): asyncpg checks every element
+    of an array parameter against three abstract base classes, ~10 µs a claimed report for
+    eight columns; one JSON text costs a fraction of that. Sent as text (the pool's json codec
+    would encode it again) and cast by PostgreSQL. Strings here never hold NUL (refused at
+    the envelope), which PostgreSQL's JSON text cannot carry."""
+    return orjson.dumps(rows).decode()
+
+
 async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> list[ClaimResult]:
     """Claim reports not seen before, and return what was there for the others, in one
     statement. Of two claims of one (source, report_id) in one call, the first is made."""
@@ -110,40 +122,40 @@ async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> l
         return []
     rows = await pool.fetch(
         """WITH input AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::text[], $8::bytea[])
-                        WITH ORDINALITY AS u(s, r, i, t, e, p, v, c, n)),
+               SELECT * FROM json_to_recordset($1::text::json)
+                        AS u(n int, s text, r text, i text, t text, e text, p text, v text, c text)),
            made AS (
                INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type,
                                            partner, event_id, identity_ciphertext, status,
                                            claimed_by, claimed_at)
-               SELECT s, r, i, t, e, p, v, c, 'sending', $9, now() FROM input ORDER BY n
+               SELECT s, r, i, t, e, p, v, decode(c, 'base64'), 'sending', $2, now() FROM input ORDER BY n
                ON CONFLICT (source, report_id) DO NOTHING
                RETURNING source, report_id)
-           SELECT input.n, made.source IS NOT NULL AS made, x.source, x.report_id, x.incident_id,
-                  x.status, x.claimed_by, x.claimed_at
+           SELECT input.n, x.source, x.report_id, x.incident_id, x.status, x.claimed_by, x.claimed_at
              FROM input
              LEFT JOIN made ON made.source = input.s AND made.report_id = input.r
              LEFT JOIN intake_reports x ON x.source = input.s AND x.report_id = input.r
+            WHERE made.source IS NULL
             ORDER BY input.n""",
-        [c.source for c in claims],
-        [c.report_id for c in claims],
-        [c.incident_id for c in claims],
-        [c.target_ref for c in claims],
-        [c.event_type for c in claims],
-        [c.partner for c in claims],
-        [c.event_id for c in claims],
-        [c.identity_ciphertext for c in claims],
+        _rows_json([
+            {"n": n, "s": c.source, "r": c.report_id, "i": c.incident_id, "t": c.target_ref, "e": c.event_type,
+             "p": c.partner, "v": c.event_id,
+             "c": None if c.identity_ciphertext is None else base64.b64encode(c.identity_ciphertext).decode()}
+            for n, c in enumerate(claims)
+        ]),
         instance,
     )
+    # Only the reports not claimed by this statement come back (most are claimed).
+    others = {row["n"]: row for row in rows}
     first: set[tuple[str, str]] = set()
     out = []
-    for c, row in zip(claims, rows, strict=True):
+    for n, c in enumerate(claims):
         key = (c.source, c.report_id)
-        made = bool(row["made"]) and key not in first
+        row = others.get(n)
+        made = row is None and key not in first
         first.add(key)
         seen = None
-        if row["status"] is not None:
+        if row is not None and row["status"] is not None:
             seen = Existing(row["source"], row["report_id"], row["incident_id"], row["status"],
                             row["claimed_by"], row["claimed_at"])
         out.append(ClaimResult(made, seen))
@@ -192,20 +204,19 @@ async def mark_accepted(
     await conn.execute(
         """WITH settled AS (
                UPDATE intake_reports r SET status = 'accepted', received_at = now()
-                 FROM unnest($1::text[], $2::text[]) AS k(s, i)
-                WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3
+                 FROM json_to_recordset($1::text::json) AS k(s text, i text)
+                WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $2
                RETURNING 1)
            INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
                                      accepted, duplicates, detail)
            SELECT a.key_id, a.partner, a.action, a.mode, a.status, a.outcome,
                   ARRAY(SELECT jsonb_array_elements_text(a.report_ids::jsonb)), a.accepted,
                   a.duplicates, a.detail
-             FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::text[],
-                         $10::text[], $11::int[], $12::int[], $13::text[])
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+                         $9::text[], $10::int[], $11::int[], $12::text[])
                   AS a(key_id, partner, action, mode, status, outcome, report_ids, accepted,
                        duplicates, detail)""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
+        _rows_json([{"s": k[0], "i": k[1]} for k in keys]),
         instance,
         [a.key_id for a in audits],
         [a.partner for a in audits],
