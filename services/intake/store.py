@@ -8,14 +8,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
+    """One report to claim (a tuple: ~1 µs to make against ~5 for a frozen dataclass; one per
+    report posted)."""
+
     source: str
     report_id: str
     incident_id: str | None
@@ -100,8 +102,7 @@ async def target_keys_grouped(pool: asyncpg.Pool, candidates: Sequence[tuple[str
     return [found[ref] for ref, _ in candidates]
 
 
-@dataclass(frozen=True)
-class ClaimResult:
+class ClaimResult(NamedTuple):
     made: bool  # this call claimed the report: it is this request's to write
     seen: Existing | None  # else the row found, when it was there before this statement
 

@@ -34,9 +34,10 @@ class ReportFacts:
 Payload = ReportFacts | RetractionData | ErasureRequest
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
-    """One valid partner event, pseudonymised, ready to be claimed and written."""
+    """One valid partner event, pseudonymised, ready to be claimed and written. Not changed
+    once made (``dataclasses.replace`` makes another); not frozen, which costs ~2 µs a report."""
 
     envelope: CloudEvent
     kind: PartnerEventType
@@ -49,7 +50,7 @@ class Prepared:
     key: tuple[str, str] = field(init=False)  # (source, id): the partner's idempotency key
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.envelope.source, self.envelope.id))
+        self.key = (self.envelope.source, self.envelope.id)
 
 
 _DATA_MODELS: dict[PartnerEventType, type[BaseModel]] = {
