@@ -160,13 +160,13 @@ async def run_ours(settings: Settings, count: int, output: str, run: int, worker
     return elapsed, time.process_time() - cpu + children_cpu() - cpu_children
 
 
-def run_peer(settings: Settings, count: int, output: str, run: int) -> tuple[float, float]:
+def run_peer(settings: Settings, count: int, output: str, run: int, step: str) -> tuple[float, float]:
     python = os.environ.get("TNR_BENCH_PEER_PYTHON", sys.executable)
     cpu = children_cpu()
     done = subprocess.run(
         [python, "-m", "benchmarks.classifier_quix_peer", "--bootstrap", settings.kafka_bootstrap,
-         "--input", topics_for(settings).incidents, "--output", output, "--group", f"bench-quix-{run}",
-         "--count", str(count)],
+         "--input", topics_for(settings).incidents, "--output", output, "--group", f"bench-quix-{step}-{run}",
+         "--count", str(count), "--step", step],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=False,
     )
     if done.returncode != 0 and "No module named 'quixstreams'" in done.stderr:
@@ -195,21 +195,25 @@ async def main() -> None:
     await ensure_topics(settings)
     await fill_log(settings, args.events)
     auto = resolve_workers(0)
-    pipelines = {"tnrwatch ClassifierLoop, in event loop": 1}
+    # Ours: the number of worker processes. The peer: which per-record step it runs (see
+    # benchmarks/classifier_quix_peer.py): the project's general codec around the same
+    # classification function, or our whole step (then only the plumbing differs).
+    pipelines: dict[str, int | str] = {"tnrwatch ClassifierLoop, in event loop": 1}
     if args.with_workers:
         pipelines[f"tnrwatch ClassifierLoop, {auto} processes"] = auto
-    pipelines["Quix Streams 3.28 (exactly-once)"] = 0
+    pipelines["Quix Streams 3.28, general codec"] = "generic"
+    pipelines["Quix Streams 3.28, our step"] = "ours"
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
     for run in range(args.runs):
         # Alternate the order, so that a burst of load from elsewhere does not favour one.
         order = list(enumerate(pipelines.items()))
-        for index, (name, workers) in order if run % 2 == 0 else reversed(order):
+        for index, (name, kind) in order if run % 2 == 0 else reversed(order):
             out = f"{settings.topic_prefix}.bench.{index}.{run}"
             await create_topics(settings, [out])
-            if workers:
-                measured = await run_ours(settings, args.events, out, run, workers)
+            if isinstance(kind, int):
+                measured = await run_ours(settings, args.events, out, run, kind)
             else:
-                measured = await asyncio.to_thread(run_peer, settings, args.events, out, run)
+                measured = await asyncio.to_thread(run_peer, settings, args.events, out, run, kind)
             written = await committed_count(settings, out)
             if written != args.events:
                 raise SystemExit(f"{name} committed {written} outputs for {args.events} inputs")
