@@ -20,18 +20,147 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 
 from benchmarks.intake_throughput import _read_response, http_request
+from shared.kafka import read_to_end, replay_consumer, topics_for
+from shared.settings import Settings
 from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
 from tests.infra import start_infra
 
 SERVICES = ["intake", "classifier", "alerts", "projections"]
 CONNECTIONS = 64
+
+
+def process_cpu(proc: ServiceProcess) -> tuple[float, float]:
+    """Seconds the service's threads have run on a CPU, and waited, runnable, for one (the
+    kernel's schedstat): a long wait means the machine, not the service, was the bottleneck."""
+    assert proc.process is not None
+    ran = waited = 0
+    for task in Path(f"/proc/{proc.process.pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            fields = (task / "schedstat").read_text().split()
+            ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran / 1e9, waited / 1e9
+
+
+async def record_times(settings: Settings, topic: str) -> dict[str, float]:
+    """incident_id -> the record's CreateTime (the producer's clock when it was sent). Records
+    are in the binary binding: the value is the event's ``data``."""
+    consumer = replay_consumer(settings, client_id="bench-latency")
+    await consumer.start()
+    times: dict[str, float] = {}
+    try:
+        async for batch in read_to_end(consumer, topic, desc=topic, progress=False):
+            for record in batch:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    data = json.loads(record.value or b"")
+                    data = data.get("incident", data)  # a classification carries the incident
+                    times.setdefault(data["incident_id"], record.timestamp / 1000)
+    finally:
+        await consumer.stop()
+    return times
+
+
+async def print_stages(
+    settings: Settings,
+    sent: dict[str, float],
+    answered: dict[str, float],
+    arrived: dict[str, float],
+    change_of: dict[str, int],
+) -> None:
+    """Where the time went, from the processes' own clocks (one machine, one clock): the
+    incident record's CreateTime (intake sent it), the classification record's (the classifier
+    sent it), the alert change's ``at`` (PostgreSQL's clock when the alerts service's
+    transaction for that batch began) and the SSE arrival."""
+    offset = time.time() - time.perf_counter()  # perf_counter -> wall clock
+    topics = topics_for(settings)
+    published = await record_times(settings, topics.incidents)
+    classified = await record_times(settings, topics.classifications)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        began = {
+            r["change_id"]: r["at"]
+            for r in await conn.fetch("SELECT change_id, extract(epoch FROM at)::float8 AS at FROM alert_changes")
+        }
+    finally:
+        await conn.close()
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    for incident_id, due in sent.items():
+        if not all(incident_id in m for m in (published, classified, arrived, change_of)):
+            continue
+        marks = [
+            due + offset,
+            published[incident_id],
+            answered[incident_id] + offset,
+            classified[incident_id],
+            began[change_of[incident_id]],
+            arrived[incident_id] + offset,
+        ]
+        stages["due -> intake sent the record"].append(marks[1] - marks[0])
+        stages["intake sent -> 202"].append(marks[2] - marks[1])
+        stages["intake sent -> classifier sent"].append(marks[3] - marks[1])
+        stages["classifier sent -> alerts' batch began"].append(marks[4] - marks[3])
+        stages["alerts' batch began -> on SSE"].append(marks[5] - marks[4])
+    print("stages, from the records' timestamps (ms; Kafka timestamps have 1 ms resolution):")
+    print(f"  {'stage':<36}{'p50':>8}{'p90':>8}{'p99':>8}")
+    for name, values in stages.items():
+        if values:
+            values.sort()
+            print(f"  {name:<36}" + "".join(f"{pct(values, p) * 1000:>8.1f}" for p in (50, 90, 99)))
+
+
+async def histogram_means(url: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """name -> (count, mean seconds) of Prometheus histograms on a service's /metrics."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(url + "/metrics")).text
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        metric = metric.split("{")[0]
+        if metric.endswith(("_sum", "_count")) and metric.rsplit("_", 1)[0] in names:
+            sums[metric] = sums.get(metric, 0.0) + float(value)
+    return {
+        name: (sums[f"{name}_count"], sums[f"{name}_sum"] / sums[f"{name}_count"])
+        for name in names
+        if sums.get(f"{name}_count")
+    }
+
+
+async def print_waits(procs: dict[str, ServiceProcess], reports: int) -> None:
+    """Mean waits inside intake and the classifier's transactions, from their own histograms
+    (also on /metrics in production; the whole run, warm-up included)."""
+    steps = ("claim", "publish", "ack", "settle")
+    intake = await histogram_means(procs["intake"].url, [f"tnr_intake_{step}_seconds" for step in steps])
+    waits = [
+        f"{step} {intake[f'tnr_intake_{step}_seconds'][1] * 1000:.1f} ms"
+        for step in steps
+        if f"tnr_intake_{step}_seconds" in intake
+    ]
+    print("intake's mean waits per request: " + ", ".join(waits))
+    classifier = await histogram_means(procs["classifier"].url, ["tnrwatch_classifier_batch_seconds"])
+    if classifier:
+        count, mean = classifier["tnrwatch_classifier_batch_seconds"]
+        print(f"classifier: {count:.0f} transactions, ~{reports / count:.1f} reports each, {mean * 1000:.1f} ms each")
+
+
+STAGES = (
+    "due -> intake sent the record",
+    "intake sent -> 202",
+    "intake sent -> classifier sent",
+    "classifier sent -> alerts' batch began",
+    "alerts' batch began -> on SSE",
+)
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
 def event(source: str, n: int, run: str) -> dict[str, object]:
@@ -73,6 +202,7 @@ async def run(rate: float, seconds: float) -> None:
                 await proc.wait_ready(120)
             auth = {"authorization": f"Bearer {key}"}
             arrived: dict[str, float] = {}
+            change_of: dict[str, int] = {}  # incident -> the alert change that reached the stream
             connected = asyncio.Event()
 
             async def listen() -> None:
@@ -84,7 +214,10 @@ async def run(rate: float, seconds: float) -> None:
                     httpx.AsyncClient(timeout=None) as client,
                     client.stream("GET", procs["alerts"].url + "/v1/alerts/stream", headers=auth) as response,
                 ):
+                    change_id = 0
                     async for line in response.aiter_lines():
+                        if line.startswith("id: "):
+                            change_id = int(line[4:])
                         if line.startswith(": connected"):
                             connected.set()
                         if line.startswith("data: "):
@@ -93,6 +226,7 @@ async def run(rate: float, seconds: float) -> None:
                             if body["kind"] == "raised":
                                 for incident_id in body["alert"]["incident_ids"]:
                                     arrived.setdefault(incident_id, now)
+                                    change_of.setdefault(incident_id, change_id)
 
             listener = asyncio.create_task(listen())
             await asyncio.wait_for(connected.wait(), 30)
@@ -164,8 +298,14 @@ async def run(rate: float, seconds: float) -> None:
             await asyncio.sleep(2)
             total = int(rate * seconds)
             cpu = time.process_time()
+            used_before = {name: process_cpu(proc) for name, proc in procs.items()}
             elapsed = await drive(uuid.uuid4().hex[:6], total, rate)
             client_cpu = (time.process_time() - cpu) / elapsed
+            used = {name: process_cpu(proc) for name, proc in procs.items()}
+            services_cpu = {
+                name: (ran - used_before[name][0], waited - used_before[name][1])
+                for name, (ran, waited) in used.items()
+            }
             achieved = total / elapsed
             deadline = time.perf_counter() + 30
             while time.perf_counter() < deadline and any(i not in arrived for i in sent):
@@ -176,9 +316,6 @@ async def run(rate: float, seconds: float) -> None:
             downstream = sorted((arrived[i] - answered[i]) * 1000 for i in sent if i in arrived)
             accepted = sorted((answered[i] - t) * 1000 for i, t in sent.items())
             missing = sum(1 for i in sent if i not in arrived)
-
-            def pct(values: list[float], p: float) -> float:
-                return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
             print(
                 f"\nrate {rate:.0f}/s, achieved {achieved:.1f}/s; {len(sent)} reports, {len(latencies)} alerts, "
@@ -197,6 +334,11 @@ async def run(rate: float, seconds: float) -> None:
                     f"{values[-1]:>9.1f}{statistics.fmean(values):>9.1f}"
                 )
             print("target: p99 < 250 ms")
+            await print_stages(settings, sent, answered, arrived, change_of)
+            await print_waits(procs, total)
+            print("each service while the reports were posted: CPU per report, share of a core, waiting for a CPU:")
+            for name, (ran, waited) in services_cpu.items():
+                print(f"  {name:<12}{ran / total * 1000:>7.2f} ms{ran / elapsed:>8.0%}{waited / elapsed:>8.0%}")
             if downstream and downstream[0] < 0:
                 print(
                     "a negative '202 -> alert' is real, not a clock error: intake answers 202 only "
