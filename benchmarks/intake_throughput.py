@@ -248,14 +248,14 @@ async def drop_topics(settings: Settings) -> None:
 
 
 async def batch_phase(port: int, key: str, pid: int, prefix: str, batches: int, profiler: Profiler,
-                      workers: str) -> tuple[str, int, float, float, str]:
+                      workers: str, connections: int) -> tuple[str, int, float, float, str]:
     batch_events = events(prefix, batches * 100)
     bodies = [json.dumps(batch_events[i:i + 100]).encode() for i in range(0, len(batch_events), 100)]
     requests = [http_request(port, key, "application/cloudevents-batch+json", b) for b in bodies]
     profiler.start(prefix)
     sums = _metric_sums(port)
     before = process_cpu(pid)
-    elapsed, statuses, accepted = await drive(port, requests, BATCH_CONNECTIONS)
+    elapsed, statuses, accepted = await drive(port, requests, connections)
     profiler.stop()
     waits = waits_note(sums, _metric_sums(port))
     assert statuses == {202: batches} and accepted == batches * 100, statuses
@@ -268,10 +268,10 @@ async def batch_phase(port: int, key: str, pid: int, prefix: str, batches: int, 
         shares = sorted((round(v, 1) for v in spent.values() if v >= 0.05), reverse=True)
         waits = f"CPU s by process {shares}"
     return (f"batches of 100, {workers}", accepted, accepted / elapsed, accepted / cpu,
-            f"{BATCH_CONNECTIONS} connections, {latency_note()}; {waits}")
+            f"{connections} connections, {latency_note()}; {waits}")
 
 
-BATCH_CONNECTIONS = 8
+BATCH_CONNECTIONS = 8  # per worker: the kernel spreads connections over the workers' sockets
 
 
 async def main(single: int, batches: int, connections: int, profile: Path | None = None,
@@ -309,7 +309,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         rows.append(("single posts (structured)", accepted, accepted / elapsed, accepted / cpu,
                      f"{connections} connections, {latency_note()}; {waits}"))
 
-        rows.append(await batch_phase(port, key, pid, "batch", batches, profiler, "1 worker"))
+        rows.append(await batch_phase(port, key, pid, "batch", batches, profiler, "1 worker", BATCH_CONNECTIONS))
 
         dupes = [http_request(port, key, "application/cloudevents+json", json.dumps(e).encode())
                  for e in events("single", min(single, 3000))]
@@ -333,7 +333,8 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
             latency_note()
             assert many.process is not None
             rows.append(await batch_phase(many.port, key, many.process.pid, "batchw", batches,
-                                          Profiler(profile, many.process.pid), f"{workers} workers"))
+                                          Profiler(profile, many.process.pid), f"{workers} workers",
+                                          BATCH_CONNECTIONS * workers))
         finally:
             many.terminate()
     records = [r for r in await written_records(settings) if b"batch-" in r.value]

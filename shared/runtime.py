@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
+import socket
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -66,34 +73,83 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
+_UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "timeout_graceful_shutdown": 20,
+    "access_log": False,
+    # libuv's loop and the C HTTP parser: measured +30 % requests per CPU-second for
+    # intake's single posts over asyncio + h11 (docs/intake.md).
+    "loop": "uvloop",
+    "http": "httptools",
+}
+
+
 def serve(
     app: FastAPI | None, *, default_port: int, host: str | None = None, workers: int = 1,
     app_factory: str | None = None,
 ) -> None:
     """Serve with uvicorn; SIGTERM/SIGINT finish in-flight requests, then run shutdown.
 
-    ``workers`` > 1: that many processes share the port (uvicorn's supervisor binds it once and
-    restarts a worker that dies); each builds its app by calling ``app_factory``
+    ``workers`` > 1: that many processes, each with its own listening socket on the port
+    (SO_REUSEPORT: the kernel spreads connections over them; one shared socket let the first
+    worker to wake accept every connection); each builds its app by calling ``app_factory``
     ("module:function"), since an app object cannot be handed to another process."""
     port = int(os.environ.get("TNR_PORT", default_port))
-    target: FastAPI | str | None = app
+    bind = host or os.environ.get("TNR_HOST", "127.0.0.1")
     if workers > 1:
         if app_factory is None:
             raise ValueError("several workers need an app factory")
-        target = app_factory
-    if target is None:
+        _supervise(app_factory, bind, port, workers)
+        return
+    if app is None:
         raise ValueError("nothing to serve")
-    uvicorn.run(
-        target,
-        factory=workers > 1,
-        workers=workers if workers > 1 else None,
-        host=host or os.environ.get("TNR_HOST", "127.0.0.1"),
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=20,
-        access_log=False,
-        # libuv's loop and the C HTTP parser: measured +30 % requests per CPU-second for
-        # intake's single posts over asyncio + h11 (docs/intake.md).
-        loop="uvloop",
-        http="httptools",
-    )
+    uvicorn.run(app, host=bind, port=port, **_UVICORN_OPTIONS)
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM when its supervisor dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker(app_factory: str, host: str, port: int) -> None:
+    _die_with_parent()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    config = uvicorn.Config(app_factory, factory=True, host=host, port=port, **_UVICORN_OPTIONS)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _supervise(app_factory: str, host: str, port: int, workers: int) -> None:
+    """Start the workers, restart one that dies (after a second), pass SIGTERM/SIGINT on."""
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(app_factory, host, port), name="worker")
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+    stopping = False
+
+    def stop(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for index, process in enumerate(processes):
+            if not process.is_alive() and not stopping:
+                log.warning("worker %s exited with %s; starting another", process.pid, process.exitcode)
+                time.sleep(1.0)
+                processes[index] = start()
+        time.sleep(0.2)
+    for process in processes:
+        process.join(timeout=float(_UVICORN_OPTIONS["timeout_graceful_shutdown"]) + 10)
