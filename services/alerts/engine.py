@@ -311,7 +311,7 @@ class _Compiled:
             return rows
         # An act row's mask depends on the incident's filtered values and the act's own three:
         # memoised on those, so most act rows cost two dictionary lookups.
-        signature = tuple(base.get(a) for a in self.filtered)
+        signature = tuple(map(base.get, self.filtered))
         act_distinct = self._act_distinct
         for i, act in enumerate(inc.acts):
             key = (signature, act.type, act.actor, act.status)
@@ -336,7 +336,7 @@ class _Compiled:
 
     def _mask(self, attrs: dict[str, str | None], *, is_act: bool) -> int:
         # Memoised on the values the filters look at: rows repeat the same few combinations.
-        signature = (is_act, *(attrs.get(a) for a in self.filtered))
+        signature = (is_act, *map(attrs.get, self.filtered))
         mask = self._masks.get(signature)
         if mask is None:
             mask = self._masks[signature] = self._compute_mask(attrs, is_act=is_act)
