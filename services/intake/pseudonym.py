@@ -18,11 +18,12 @@ Normalisation (docs/intake.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import re
 import unicodedata
 import uuid
+from typing import Any
 
 from services.intake.models import AnyIdentity
 
@@ -75,9 +76,32 @@ def b32_160(digest: bytes) -> str:
     return "".join([_B32_PAIRS[(bits >> shift) & 1023] for shift in range(150, -1, -10)])
 
 
+_BLOCK = 64  # SHA-256's block size, in bytes
+
+
+@functools.lru_cache(maxsize=8)
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 after the key's inner and outer pads (RFC 2104): what every HMAC with this key
+    starts from, hashed once instead of per call (half of an HMAC of a short name)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in padded)), hashlib.sha256(bytes(b ^ 0x5C for b in padded)))
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """``hmac.digest(key, message, "sha256")``, from the key's precomputed pad states."""
+    inner, outer = _hmac_states(key)
+    inner = inner.copy()
+    inner.update(message)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
 def _ref(key: bytes, material: str) -> str:
-    digest = hmac.digest(key, material.encode(), "sha256")  # one-shot, in C: same bytes as hmac.new
-    return "tr_" + b32_160(digest[:20])
+    return "tr_" + b32_160(hmac_sha256(key, material.encode())[:20])
 
 
 def person_ref(key: bytes, identity: AnyIdentity) -> str | None:

@@ -207,3 +207,12 @@ def test_target_ref_letters_are_base32(digest: bytes) -> None:
     from services.intake.pseudonym import b32_160
 
     assert b32_160(digest) == base64.b32encode(digest).decode().lower()
+
+
+@given(st.binary(max_size=100), st.binary(max_size=200))
+def test_hmac_from_precomputed_pads_is_hmac(key: bytes, message: bytes) -> None:
+    import hmac
+
+    from services.intake.pseudonym import hmac_sha256
+
+    assert hmac_sha256(key, message) == hmac.digest(key, message, "sha256")
