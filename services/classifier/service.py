@@ -265,7 +265,13 @@ class ClassifierLoop:
                 if delivery is not None:
                     deliveries.append(delivery)
             # A send that failed fails the batch here, inside the transaction, so it aborts.
-            await asyncio.gather(*deliveries)
+            # One flush for the whole batch rather than a callback on each record's future.
+            await producer.flush()
+            for delivery in deliveries:
+                if not delivery.done():
+                    await delivery
+                elif (error := delivery.exception()) is not None:
+                    raise error
             offsets = {tp: recs[-1].offset + 1 for tp, recs in prepared.batches.items()}
             await producer.send_offsets_to_transaction(offsets, self.group_id)
         self.batches_committed += 1
