@@ -88,6 +88,12 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
+async def send_event(
+    producer: AIOKafkaProducer, topic: str, event: CloudEvent, *, key: str | None
+) -> None:
+    await send_events(producer, topic, [(event, key)])
+
+
 async def send_events(
     producer: AIOKafkaProducer, topic: str, events: Sequence[tuple[CloudEvent, str | None]]
 ) -> None:
