@@ -5,7 +5,8 @@ same input topic, in the same run. Each pipeline's time runs from its start (gro
 included) to its last transaction committed; a read_committed count then checks that each
 wrote exactly one output per input.
 
-    .venv/bin/python -m benchmarks.classifier_throughput [--events 20000] [--runs 1]
+    TNR_BENCH_PEER_PYTHON=.cache/venv-bench/bin/python \
+        .venv/bin/python -m benchmarks.classifier_throughput [--events 20000] [--runs 3] [--with-workers]
 
 The peer runs as a subprocess with ``TNR_BENCH_PEER_PYTHON`` (default: this interpreter, which
 then needs quixstreams); benchmarks/classifier_peer_requirements.txt sets up an environment
@@ -182,7 +183,7 @@ def run_peer(settings: Settings, count: int, output: str, run: int, step: str) -
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--with-workers", action="store_true",
                         help="also run ours with worker processes (TNR_CLASSIFIER_WORKERS; no gain on 2 CPUs)")
     args = parser.parse_args()
@@ -223,7 +224,10 @@ async def main() -> None:
           f"broker {settings.kafka_bootstrap}, {args.runs} run(s), order alternating")
     print(f"cpus: {os.cpu_count()}; wall time includes start-up (group join, worker start) and the last commit;")
     print("cpu = user+sys seconds of the pipeline's own process(es), the broker's not included;")
-    print("ours traces every event (a span each, as the service does), the peer traces nothing")
+    print("ours runs under uvloop and traces every event (a span each, as the service does); the peers trace")
+    print("nothing; their cpu includes interpreter start-up and librdkafka's threads. Both peers run the same")
+    print("classify_incident: 'general codec' with shared.serialization around it, 'our step' our whole")
+    print("per-record step (services.classifier.pipeline.process_record): there only the plumbing differs")
     print(f"{'pipeline':<40} {'median s':>9} {'best s':>8} {'events/s':>9} {'cpu s':>7} {'cpu us/event':>13}")
     for name, runs in results.items():
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
