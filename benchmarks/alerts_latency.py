@@ -31,23 +31,41 @@ import httpx
 from benchmarks.intake_throughput import _read_response, http_request
 from shared.kafka import read_to_end, replay_consumer, topics_for
 from shared.settings import Settings
-from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
+from tests.harness import ROOT, ServiceProcess, drop_database, free_port, isolated_settings, issue_key
 from tests.infra import start_infra
 
 SERVICES = ["intake", "classifier", "alerts", "projections"]
 CONNECTIONS = 64
 
 
-def process_cpu(proc: ServiceProcess) -> tuple[float, float]:
-    """Seconds the service's threads have run on a CPU, and waited, runnable, for one (the
+def schedstat(pids: Sequence[int]) -> tuple[float, float]:
+    """Seconds the processes' threads have run on a CPU, and waited, runnable, for one (the
     kernel's schedstat): a long wait means the machine, not the service, was the bottleneck."""
-    assert proc.process is not None
     ran = waited = 0
-    for task in Path(f"/proc/{proc.process.pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            fields = (task / "schedstat").read_text().split()
-            ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a process or thread that ended meanwhile
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                fields = (task / "schedstat").read_text().split()
+                ran, waited = ran + int(fields[0]), waited + int(fields[1])
     return ran / 1e9, waited / 1e9
+
+
+def local_servers() -> dict[str, list[int]]:
+    """The broker's and PostgreSQL's processes when they are the local stack's (deploy/local),
+    so their CPU is counted too; empty under testcontainers."""
+    run = ROOT / ".run"
+    servers: dict[str, list[int]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        servers["kafka"] = [int((run / "kafka" / "kafka.pid").read_text().split()[0])]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        postmaster = int((run / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        servers["postgres"] = [postmaster, *children]
+    return servers
 
 
 async def record_times(settings: Settings, topic: str) -> dict[str, float]:
@@ -298,13 +316,19 @@ async def run(rate: float, seconds: float) -> None:
             await asyncio.sleep(2)
             total = int(rate * seconds)
             cpu = time.process_time()
-            used_before = {name: process_cpu(proc) for name, proc in procs.items()}
+
+            def pids() -> dict[str, list[int]]:
+                services = {name: [proc.process.pid] for name, proc in procs.items() if proc.process}
+                return {**services, **local_servers()}  # PostgreSQL starts a process per session
+
+            used_before = {name: schedstat(ps) for name, ps in pids().items()}
             elapsed = await drive(uuid.uuid4().hex[:6], total, rate)
             client_cpu = (time.process_time() - cpu) / elapsed
-            used = {name: process_cpu(proc) for name, proc in procs.items()}
+            used = {name: schedstat(ps) for name, ps in pids().items()}
             services_cpu = {
                 name: (ran - used_before[name][0], waited - used_before[name][1])
                 for name, (ran, waited) in used.items()
+                if name in used_before
             }
             achieved = total / elapsed
             deadline = time.perf_counter() + 30
@@ -336,7 +360,7 @@ async def run(rate: float, seconds: float) -> None:
             print("target: p99 < 250 ms")
             await print_stages(settings, sent, answered, arrived, change_of)
             await print_waits(procs, total)
-            print("each service while the reports were posted: CPU per report, share of a core, waiting for a CPU:")
+            print("each process while the reports were posted: CPU per report, share of a core, waiting for a CPU:")
             for name, (ran, waited) in services_cpu.items():
                 print(f"  {name:<12}{ran / total * 1000:>7.2f} ms{ran / elapsed:>8.0%}{waited / elapsed:>8.0%}")
             if downstream and downstream[0] < 0:
