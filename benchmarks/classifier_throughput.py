@@ -116,6 +116,18 @@ async def create_topics(settings: Settings, names: list[str]) -> None:
         await admin.close()
 
 
+async def drop_topics(settings: Settings) -> None:
+    """The run's topics go with it: each run writes ~50 MB per pipeline the shared broker's disk would keep."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 async def committed_count(settings: Settings, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed")
     await consumer.start()
@@ -185,7 +197,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--with-workers", action="store_true",
-                        help="also run ours with worker processes (TNR_CLASSIFIER_WORKERS; no gain on 2 CPUs)")
+                        help="also run ours with worker processes (TNR_CLASSIFIER_WORKERS)")
     args = parser.parse_args()
 
     # Ours runs as the service runs it: with the tracer installed (exporter "none" by default),
@@ -194,6 +206,13 @@ async def main() -> None:
     settings = Settings(kafka_bootstrap=bootstrap(), topic_prefix=f"bench-{secrets.token_hex(3)}",
                         topic_partitions=PARTITIONS)
     await ensure_topics(settings)
+    try:
+        await measure(settings, args)
+    finally:
+        await drop_topics(settings)
+
+
+async def measure(settings: Settings, args: argparse.Namespace) -> None:
     await fill_log(settings, args.events)
     auto = resolve_workers(0)
     # Ours: the number of worker processes. The peer: which per-record step it runs (see
