@@ -573,10 +573,15 @@ async def mark_delivered(
             WHERE outbox_id = ANY($1::bigint[])""",
         list(outbox_ids),
     )
-    await conn.executemany(
+    # One statement for the batch (the Kafka receiver delivers up to 500 at once): executemany
+    # ran the insert once per alert.
+    await conn.execute(
         """INSERT INTO delivery_attempts (outbox_id, receiver, ok, status_code, duration_ms)
-           VALUES ($1, $2, true, $3, $4)""",
-        [(i, receiver, status_code, duration_ms) for i in outbox_ids],
+           SELECT i, $2, true, $3, $4 FROM unnest($1::bigint[]) AS i""",
+        list(outbox_ids),
+        receiver,
+        status_code,
+        duration_ms,
     )
 
 
