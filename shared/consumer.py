@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -133,6 +133,7 @@ class PgOffsetConsumer(Generic[T]):
         handle: Handler[T],
         max_records: int = 1000,
         staged: StagedHandler[T] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -145,6 +146,7 @@ class PgOffsetConsumer(Generic[T]):
         self.max_records = max_records
         # With a staged handler, batch N+1 is prepared while batch N commits (see ``feed``).
         self.staged = staged
+        self.consumer_options = dict(consumer_options or {})
         self.pending: asyncio.Task[dict[tuple[str, int], int]] | None = None
         self.failed: Exception | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -161,7 +163,7 @@ class PgOffsetConsumer(Generic[T]):
         self._stopping.set()
 
     async def run(self) -> None:
-        self.consumer = make_consumer(self.settings, group_id=self.group_id)
+        self.consumer = make_consumer(self.settings, group_id=self.group_id, **self.consumer_options)
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=_SeekToStored(self))  # type: ignore[arg-type]
         try:

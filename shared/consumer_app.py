@@ -3,7 +3,7 @@ pool and migrations, topics, a producer for dead letters, the supervised consume
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,9 @@ class ConsumerService:
     on_ready: Callable[[FastAPI], Awaitable[None]] | None = None
     # Optional: the same handler in two steps, so batch N+1 is prepared while N commits.
     staged: StagedHandler[Any] | None = None
+    # Options for the Kafka consumer (aiokafka's names), e.g. fetch batching for a service
+    # that can wait.
+    consumer_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def create_consumer_app(spec: ConsumerService, settings: Settings, **app_kwargs: Any) -> FastAPI:
@@ -54,6 +57,7 @@ def create_consumer_app(spec: ConsumerService, settings: Settings, **app_kwargs:
             settings=settings, pool=pool, producer=producer, group_id=spec.component,
             topics=spec.topics(topics), dead_letter_topic=topics.dead_letter(spec.component),
             decode=spec.decode, handle=spec.handle, staged=spec.staged,
+            consumer_options=spec.consumer_options,
         )
         supervised = Supervised(f"{spec.component}-consumer", consumer.run)
         app.state.pool, app.state.consumer, app.state.settings = pool, consumer, settings
