@@ -48,6 +48,7 @@ from shared.serialization import to_record
 from shared.settings import Settings
 from shared.telemetry import setup_tracing
 from shared.vocabulary import ActType, DatePrecision
+from tests.harness import drop_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 3
@@ -112,18 +113,6 @@ async def create_topics(settings: Settings, names: list[str]) -> None:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, PARTITIONS, settings.topic_replication) for n in names])
-    finally:
-        await admin.close()
-
-
-async def drop_topics(settings: Settings) -> None:
-    """The run's topics go with it: each run writes ~50 MB per pipeline the shared broker's disk would keep."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
-        if mine:
-            await admin.delete_topics(mine)
     finally:
         await admin.close()
 

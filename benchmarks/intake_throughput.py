@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from services.intake.main import PRODUCER_TUNING
 from shared.kafka import topics_for
 from shared.settings import Settings
-from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
+from tests.harness import ServiceProcess, drop_database, drop_topics, free_port, isolated_settings, issue_key
 from tests.infra import _local_stack
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "incidents.jsonl"
@@ -233,18 +233,6 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
         return len(records) / (time.perf_counter() - started), len(records) / (time.process_time() - cpu)
     finally:
         await producer.stop()
-
-
-async def drop_topics(settings: Settings) -> None:
-    """The run's topics go with it: each run writes ~50 MB the shared broker's disk would keep."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 async def batch_phase(port: int, key: str, pid: int, prefix: str, batches: int, profiler: Profiler,

@@ -66,6 +66,11 @@ async def drop_database(admin_url: str, settings: Settings) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await conn.close()
+    await drop_topics(settings)
+
+
+async def drop_topics(settings: Settings) -> None:
+    """The run's topics (its prefix): the log keeps forever, and a dev broker would fill."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:

@@ -18,6 +18,7 @@ from services.intake.validation import Prepared, ReportFacts, plain_one, prepare
 from services.intake.vault import new_data_key, open_identity, seal_identity
 from shared.auth import Principal
 from tests.intake.conftest import SOURCE, samples
+from tests.intake.mutation import paths_in
 
 KEY = b"k" * 32
 TODAY = date.today()
@@ -78,17 +79,6 @@ json_values = st.recursive(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 FIELD_NAMES = ["occurred_on", "date_precision", "location", "target", "acts", "outcome", "next_hearing_on",
                "narrative", "sources", "identity", "name", "name_zh", "birth_date", "city", "country", "on",
                "actor", "status", "type", "url", "reliability", "credibility", "text", "lang", "group",
@@ -101,7 +91,7 @@ def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
     """A sample event with a few values replaced, removed or added, anywhere in it."""
     event: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(samples())))
     for _ in range(draw(st.integers(0, 3))):
-        path = draw(st.sampled_from([p for p in _paths(event) if p]))
+        path = draw(st.sampled_from([p for p in paths_in(event) if p]))
         parent: Any = event
         for step in path[:-1]:
             parent = parent[step]

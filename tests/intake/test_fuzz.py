@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.intake.conftest import BATCH, STRUCTURED, Keys, report
+from tests.intake.mutation import paths_in
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -25,23 +26,12 @@ content_types = st.sampled_from([STRUCTURED, BATCH, "application/json", "text/pl
 header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 @st.composite
 def mutated_reports(draw: st.DrawFn) -> dict[str, Any]:
     """A valid report with a few fields replaced, removed or added."""
     event = report(f"fz-{draw(st.integers(0, 10**9))}")
     for _ in range(draw(st.integers(0, 3))):
-        paths = [p for p in _paths(event) if p]
+        paths = [p for p in paths_in(event) if p]
         path = draw(st.sampled_from(paths))
         parent: Any = event
         for step in path[:-1]:
