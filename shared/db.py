@@ -91,7 +91,3 @@ async def prepare_database(pool: asyncpg.Pool, component: str, folder: Path) -> 
     """Shared tables (keys, offsets) first, then the component's own."""
     await apply_migrations(pool, "shared", SHARED_MIGRATIONS)
     await apply_migrations(pool, component, folder)
-
-
-def record_to_dict(record: asyncpg.Record) -> dict[str, Any]:
-    return dict(record.items())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,10 +123,6 @@ def dead_letter_payload(record: ConsumerRecord, reason: str, consumer: str) -> t
         ("dlq_at", datetime.now(UTC).isoformat().encode()),
     ]
     return record.value or b"", headers
-
-
-def describe_headers(headers: Mapping[str, bytes]) -> str:
-    return json.dumps({k: v.decode(errors="replace") for k, v in headers.items()})
 
 
 def replay_consumer(settings: Settings, *, client_id: str) -> AIOKafkaConsumer:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DELIVERIES = Counter("tnrwatch_alert_deliveries_total", "Delivery attempts", ["receiver", "outcome"])
 BACKLOG = Gauge("tnrwatch_alert_outbox_backlog", "Undelivered notifications", ["receiver"])
+BACKLOG_SECONDS = 5.0  # how often the backlog gauge is read from the outbox
 _EVENT_NAMESPACE = uuid.UUID("a8f0b0d4-2f0e-4d38-9c55-1b8f0f7f2e41")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -331,6 +332,16 @@ def workers_for(
     return workers
 
 
+async def watch_backlog(pool: asyncpg.Pool, receivers: Sequence[str], every: float = BACKLOG_SECONDS) -> None:
+    """Undelivered notifications per receiver on /metrics, so that a receiver that has been
+    down for an hour shows as a growing number, not only as failed attempts in the log."""
+    while True:
+        backlog = await store.outbox_backlog(pool)
+        for receiver in receivers:
+            BACKLOG.labels(receiver).set(backlog.get(receiver, 0))
+        await asyncio.sleep(every)
+
+
 def delivery_extra(settings: Settings, receivers: ReceiversConfig) -> Callable[[FastAPI, asyncpg.Pool], Any]:
     """Start the hub and the workers with the service; stop them before the consumer."""
 
@@ -343,6 +354,8 @@ def delivery_extra(settings: Settings, receivers: ReceiversConfig) -> Callable[[
             hub.wake_targets = [w.wake for w in workers]
             loops = [Supervised("alerts-hub", hub.run)]
             loops += [Supervised(f"alerts-delivery-{w.receiver}", w.run) for w in workers]
+            receiver_names = [w.receiver for w in workers]
+            loops.append(Supervised("alerts-backlog", lambda: watch_backlog(pool, receiver_names)))
             for loop in loops:
                 loop.start()
             try:

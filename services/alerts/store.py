@@ -345,19 +345,6 @@ _ALERT_ARRAY_TYPES = (
 )
 
 
-async def save_alerts(
-    conn: asyncpg.Connection,
-    records: Sequence[AlertRecord],
-    event_json: Sequence[dict[str, Any] | None] | None = None,
-) -> None:
-    """Upsert the alerts' latest state in one statement (one array per column)."""
-    if not records:
-        return
-    events = event_json if event_json is not None else [None] * len(records)
-    columns = [list(c) for c in zip(*(_alert_row(r, e) for r, e in zip(records, events, strict=True)), strict=True)]
-    await _upsert_alert_columns(conn, columns)
-
-
 async def _upsert_alert_columns(conn: asyncpg.Connection, columns: list[list[Any]]) -> None:
     params = ", ".join(f"${n}::{t.strip()}" for n, t in enumerate(_ALERT_ARRAY_TYPES.split(","), start=1))
     await conn.execute(

@@ -107,6 +107,15 @@ async def attempts(settings: Settings, receiver: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def outbox_backlog(alerts: httpx.AsyncClient, receiver: str) -> float:
+    """The alerts service's ``tnrwatch_alert_outbox_backlog`` gauge for one receiver (-1: absent)."""
+    wanted = f'tnrwatch_alert_outbox_backlog{{receiver="{receiver}"}} '
+    for line in (await alerts.get("/metrics")).text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted):])
+    return -1.0
+
+
 async def alert_events(settings: Settings, fingerprints: set[str], expected: int) -> list[tuple[str, dict[str, Any]]]:
     consumer = make_consumer(settings, topics_for(settings).alerts, group_id=None)  # type: ignore[arg-type]  # no group: read only
     await consumer.start()
@@ -172,6 +181,12 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
         logged = await wait_for(failures, what="failed webhook attempts")
         assert all(r["status_code"] is None and "Connect" in r["error"] for r in logged if not r["ok"])
 
+        # On-call sees the receiver's backlog grow on /metrics, not only failures in a log.
+        async def backlog() -> bool:
+            return await outbox_backlog(alerts, "oncall-hook") >= 3
+
+        await wait_for(backlog, what="the undelivered notifications on /metrics")
+
         async with served(receiver.app, hook_port):
             await wait_for(lambda: _true(receiver.refused >= 2), what="the receiver refusing")
             receiver.accepting = True
@@ -181,6 +196,11 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
             )
             assert resolved.status_code == 200
             await wait_for(lambda: _true(len(receiver.received) >= 4), what="the resolution delivered")
+
+            async def drained() -> bool:
+                return await outbox_backlog(alerts, "oncall-hook") == 0
+
+            await wait_for(drained, what="the backlog gauge back to 0")
             await asyncio.sleep(1.5)  # room for any duplicate to show up
 
         fingerprints = {a_["fingerprint"] for a_ in raised}
