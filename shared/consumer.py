@@ -24,6 +24,7 @@ from shared.events import CloudEvent
 from shared.kafka import dead_letter_payload, make_consumer
 from shared.serialization import PoisonEvent, from_record, header_map
 from shared.settings import Settings
+from shared.telemetry import spans_recorded
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,9 @@ class PgOffsetConsumer(Generic[T]):
         decoded: list[Consumed[T]] = []
         spans = []
         positions: dict[tuple[str, int], int] = {}
+        # Without an exporter the record spans would be made for nobody: parsing each record's
+        # traceparent was an eighth of the projections' CPU.
+        record_spans = spans_recorded()
         for record in records:
             positions[(record.topic, record.partition)] = record.offset + 1
             try:
@@ -271,6 +275,9 @@ class PgOffsetConsumer(Generic[T]):
                 value = self.decode(event)
             except PoisonEvent as exc:
                 await self._dead_letter(record, str(exc))
+                continue
+            decoded.append(Consumed(record.topic, record.partition, record.offset, event, value))
+            if not record_spans:
                 continue
             headers = header_map(record.headers)
             spans.append(
@@ -286,7 +293,6 @@ class PgOffsetConsumer(Generic[T]):
                     },
                 )
             )
-            decoded.append(Consumed(record.topic, record.partition, record.offset, event, value))
         return decoded, positions, spans
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:

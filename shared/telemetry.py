@@ -54,6 +54,13 @@ def make_provider(service_name: str, exporter: SpanExporter | None = None) -> Tr
     return provider
 
 
+def spans_recorded(provider: trace.TracerProvider | None = None) -> bool:
+    """False when ``provider`` (the installed one by default) records nothing (no exporter:
+    sampler off), so a hot loop can skip building spans that nothing would ever read."""
+    chosen = provider if provider is not None else trace.get_tracer_provider()
+    return getattr(chosen, "sampler", None) is not ALWAYS_OFF
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 

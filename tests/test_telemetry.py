@@ -6,7 +6,7 @@ import pytest
 from opentelemetry import context, propagate
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.telemetry import make_provider
+from shared.telemetry import make_provider, spans_recorded
 
 PARTNER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -50,3 +50,13 @@ def test_a_sampler_chosen_in_the_environment_is_kept(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     recording, _ = _child_of_partner("intake", None)
     assert recording
+
+
+def test_hot_loops_know_whether_spans_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The consumers skip their per-record spans exactly when nothing would record them.
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    assert not spans_recorded(make_provider("projections", None))
+    assert spans_recorded(make_provider("projections", InMemorySpanExporter()))
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    assert spans_recorded(make_provider("projections", None))
