@@ -44,6 +44,7 @@ class Consumed(Generic[T]):
     offset: int
     event: CloudEvent
     value: T
+    data_json: bytes | None = None  # the record's value: ``event.data`` as it was sent
 
 
 Decode = Callable[[CloudEvent], T]
@@ -276,7 +277,7 @@ class PgOffsetConsumer(Generic[T]):
             except PoisonEvent as exc:
                 await self._dead_letter(record, str(exc))
                 continue
-            decoded.append(Consumed(record.topic, record.partition, record.offset, event, value))
+            decoded.append(Consumed(record.topic, record.partition, record.offset, event, value, record.value))
             if not record_spans:
                 continue
             headers = header_map(record.headers)

@@ -50,6 +50,14 @@ async def apply_events(
     return result.applied
 
 
+def _data_json(item: Consumed[BaseModel]) -> str:
+    # The record's own bytes, as the rebuild stores them; encoding the data again cost a
+    # fifteenth of the service's CPU.
+    if item.data_json is not None:
+        return item.data_json.decode()
+    return json.dumps(item.event.data, separators=(",", ":"), ensure_ascii=False)
+
+
 async def handle(conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]]) -> None:
     with trace.get_tracer("tnrwatch.projections").start_as_current_span("projections write"):
         generation = await store.live_generation(conn, lock=True)
@@ -59,7 +67,7 @@ async def handle(conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]])
                 item.partition,
                 item.offset,
                 fact,
-                json.dumps(item.event.data, separators=(",", ":"), ensure_ascii=False),
+                _data_json(item),
             )
             for item in batch
             if (fact := fact_of(item.value)) is not None
