@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -291,6 +292,12 @@ class _Compiled:
         act_level = {"type", "actor", "status", *rules.derived}
         self._act_distinct = [name for name in self.distinct if name in act_level]
         self.kind_mask = {kind: sum((self.rule_mask[r.id] for r in rules.for_key(kind)), 0) for kind in rules.key_kinds}
+        # Each rule's condition as nested closures (no dispatch on the condition's type per
+        # window); ``holds`` is the same thing interpreted, kept as the reference.
+        self.checks: dict[str, Callable[[Sequence[_Row]], list[_Row] | None]] = {
+            rule.id: self._check(rule.when) for rule in rules.rules
+        }
+        self.prune = True  # skip windows that lie inside the window tried before (see ``match``)
 
     def rows_of(self, inc: IncidentSnapshot) -> list[_Row]:
         base: dict[str, str | None] = {
@@ -365,6 +372,47 @@ class _Compiled:
             possible = self._possible_cache[signature] = self.could_hold(rule.when, present)
         return possible
 
+    def _check(self, cond: Condition) -> Callable[[Sequence[_Row]], list[_Row] | None]:
+        """``cond`` compiled: a function of the rows returning what ``holds`` returns."""
+        if isinstance(cond, Leaf):
+            bit, at_least, name = self.leaf_bits[id(cond)], cond.at_least, cond.distinct
+
+            def leaf(rows: Sequence[_Row]) -> list[_Row] | None:
+                chosen = [r for r in rows if r.mask & bit]
+                if len(chosen) < at_least:
+                    return None  # too few rows, so too few distinct values too
+                if name is not None:
+                    values = {r.values[name] for r in chosen}
+                    values.discard(None)
+                    if len(values) < at_least:
+                        return None
+                return chosen
+
+            return leaf
+        parts = [self._check(part) for part in cond.parts]
+        if isinstance(cond, AllOf):
+
+            def all_of(rows: Sequence[_Row]) -> list[_Row] | None:
+                witness: list[_Row] = []
+                for part in parts:
+                    found = part(rows)
+                    if found is None:
+                        return None
+                    witness += found
+                return witness
+
+            return all_of
+
+        def any_of(rows: Sequence[_Row]) -> list[_Row] | None:
+            witness: list[_Row] | None = None
+            for part in parts:  # every part: the witness is all that holds
+                found = part(rows)
+                if found is not None:
+                    witness = found if witness is None else witness + found
+            return witness
+
+        return any_of
+
     def holds(self, cond: Condition, rows: Sequence[_Row]) -> list[_Row] | None:
         """The rows that make ``cond`` hold among ``rows`` (the witness), or None."""
         if isinstance(cond, Leaf):
@@ -397,25 +445,34 @@ class _Compiled:
             present |= r.mask
         if not candidates or not self._possible(rule, present & mask):
             return []
+        check = self.checks[rule.id] if self.prune else partial(self.holds, rule.when)
         if rule.window_days is None:
-            return self.holds(rule.when, candidates) or []
+            return check(candidates) or []
         width = timedelta(days=rule.window_days)
         dates = [r.when for r in candidates]
         starts = sorted(set(dates))
         if focus is not None:
             starts = [d for d in starts if focus[0] - width <= d <= focus[1]]
         witness: dict[int, _Row] = {}
+        last_hi = -1
         for start in starts:
-            lo, hi = bisect_left(dates, start), bisect_right(dates, start + width)
-            window = candidates[lo:hi]
+            hi = bisect_right(dates, start + width)
+            if hi == last_hi and self.prune:
+                # Inside the window tried before (same end, later start): conditions are
+                # monotone in their rows, so it holds only if that one did, with a witness
+                # inside that one's.
+                continue
+            last_hi = hi
+            window = candidates[bisect_left(dates, start) : hi]
             present = 0
             for r in window:
                 present |= r.mask
             if not self._possible(rule, present & mask):
                 continue
-            found = self.holds(rule.when, window)
+            found = check(window)
             if found:
-                witness.update((id(r), r) for r in found)
+                for r in found:
+                    witness[id(r)] = r
         return sorted(witness.values(), key=_order)
 
 

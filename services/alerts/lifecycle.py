@@ -85,8 +85,32 @@ class AlertRecord:
         )
 
     def event_json(self) -> dict[str, Any]:
-        """The ``AlertChanged`` data as JSON (the costly part of every write: made once per change)."""
-        return self.to_event().model_dump(mode="json")
+        """The ``AlertChanged`` data as JSON, as ``to_event().model_dump(mode="json")`` makes it
+        (written out: pydantic's dump was a tenth of the handler's CPU; a test holds them equal)."""
+        return {
+            "alert_id": self.alert_id,
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "status": self.status.value,
+            "target_ref": self.target_ref,
+            "place": self.place,
+            "incident_ids": list(self.incident_ids),
+            "matched_acts": [
+                {
+                    "incident_id": m.incident_id,
+                    "act_index": m.act_index,
+                    "type": m.type.value,
+                    "on": m.on.isoformat() if m.on is not None else None,
+                    "status": m.status.value,
+                }
+                for m in self.matched_acts
+            ],
+            "summary": self.summary,
+            "first_seen": _json_datetime(self.first_seen),
+            "last_seen": _json_datetime(self.last_seen),
+            "deadline": self.deadline.isoformat() if self.deadline is not None else None,
+        }
 
     def to_api(self, event_json: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(event_json) if event_json is not None else self.event_json()
@@ -100,6 +124,12 @@ class AlertRecord:
             resolved_reason=self.resolved_reason,
         )
         return body
+
+
+def _json_datetime(value: datetime) -> str:
+    """A datetime as pydantic writes it in JSON mode (UTC as ``Z``)."""
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 @dataclass(frozen=True)

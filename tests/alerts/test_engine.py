@@ -396,6 +396,7 @@ def _reference_engine() -> Engine:
     engine = Engine(RULES)
     engine._compiled._possible = lambda rule, present: True  # type: ignore[method-assign]
     engine._compiled._act_masks = _NoMemo()
+    engine._compiled.prune = False  # every window, each condition interpreted (``holds``)
     return engine
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -112,3 +113,33 @@ def test_receivers_file_is_validated_and_backoff_is_capped() -> None:
     assert "receivers[0].type" in str(caught.value) and "receivers[1].url" in str(caught.value)
     backoff = Backoff(initial_seconds=1, max_seconds=300)
     assert [backoff.delay(n) for n in (1, 2, 3, 10, 20)] == [1, 2, 4, 300, 300]
+
+
+def test_the_alert_event_json_is_what_pydantic_would_write() -> None:
+    """The alerts topic, history and outbox carry ``event_json``: written out by hand for speed,
+    it must stay what the contract's model dumps (UTC as ``Z``, dates as ISO, enums as values)."""
+    from shared.events import MatchedAct
+    from shared.vocabulary import ActStatus, ActType
+
+    raised = on_evaluation(None, ev(("a", "b"), deadline=date(2025, 4, 15)), new_alert_id="x", now=NOW)
+    assert raised is not None
+    acts = (
+        MatchedAct(
+            incident_id="a",
+            act_index=0,
+            type=ActType("extradition_request"),
+            on=date(2025, 3, 1),
+            status=ActStatus("pending"),
+        ),
+        MatchedAct(
+            incident_id="b", act_index=2, type=ActType("family_threatened"), on=None, status=ActStatus("carried_out")
+        ),
+    )
+    for record in [
+        raised.record,
+        replace(raised.record, matched_acts=acts, last_seen=NOW + timedelta(microseconds=120_000), deadline=None),
+        replace(
+            raised.record, first_seen=datetime(2026, 1, 1, 3, tzinfo=timezone(timedelta(hours=2))), place="IT/rome"
+        ),
+    ]:
+        assert record.event_json() == record.to_event().model_dump(mode="json")
