@@ -172,13 +172,18 @@ class ClassifierLoop:
                     if prepared is None:
                         continue
                     # Read and classify the next batch while this one commits: the CPU works
-                    # while the transaction's round trips are in flight.
-                    next_batch = asyncio.create_task(self.prepare())
+                    # while the transaction's round trips are in flight, and every record that
+                    # arrives meanwhile joins the next transaction.
+                    committed = asyncio.Event()
+                    next_batch = asyncio.create_task(self.prepare(until=committed))
                     async with self.lock:
                         if prepared.generation != self.generation:
                             raise _StaleBatch
-                        with BATCH_SECONDS.time():
-                            await self.commit(prepared)
+                        try:
+                            with BATCH_SECONDS.time():
+                                await self.commit(prepared)
+                        finally:
+                            committed.set()
                     aborts = 0
                 except _StaleBatch:
                     await _discard(next_batch)
@@ -244,21 +249,39 @@ class ClassifierLoop:
         )
         return [outcome for part in results for outcome in part]
 
-    async def prepare(self) -> Prepared | None:
-        """Read a batch and classify it (nothing is written yet)."""
-        consumer = self.consumer
-        assert consumer is not None
+    async def prepare(self, until: asyncio.Event | None = None) -> Prepared | None:
+        """Read a batch and classify it (nothing is written yet). With ``until`` (the previous
+        transaction's end), read once more when it comes: a record that arrived just after
+        the first read used to wait for the transaction after next (~30 ms at 200 reports/s).
+        Reading again every few ms while waiting was measured slower (more, smaller reads)."""
         generation = self.generation
-        fetched = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        batches = await self._read(200, self.max_records)
         read_at_ns = time.time_ns()
         self.polled_once = True
-        assigned = consumer.assignment()
-        # Records fetched before a rebalance for partitions now elsewhere are not ours.
-        batches = {tp: records for tp, records in fetched.items() if tp in assigned and records}
         if not batches:
             return None
         records = [record for recs in batches.values() for record in recs]
-        return Prepared(generation, batches, records, await self.classify_batch(records), read_at_ns)
+        outcomes = await self.classify_batch(records)
+        if until is not None and len(records) < self.max_records:
+            await until.wait()
+            more = await self._read(0, self.max_records - len(records))  # what came meanwhile
+            new = [record for recs in more.values() for record in recs]
+            if new:
+                for tp, recs in more.items():
+                    batches.setdefault(tp, []).extend(recs)
+                records += new
+                outcomes += await self.classify_batch(new)
+        return Prepared(generation, batches, records, outcomes, read_at_ns)
+
+    async def _read(
+        self, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        consumer = self.consumer
+        assert consumer is not None
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        assigned = consumer.assignment()
+        # Records fetched before a rebalance for partitions now elsewhere are not ours.
+        return {tp: records for tp, records in fetched.items() if tp in assigned and records}
 
     async def commit(self, prepared: Prepared) -> None:
         """One transaction: every output of the batch and its offsets, or nothing."""
