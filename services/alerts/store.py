@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -11,11 +12,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 
-from services.alerts.engine import KeyState
+from services.alerts.engine import KeyState, matched_act
 from services.alerts.lifecycle import AlertChange, AlertRecord
 from shared.events import AlertSeverity, AlertStatus, MatchedAct
-from shared.vocabulary import ActStatus, ActType
 
 NOTIFY_CHANNEL = "tnr_alert_changes"
 
@@ -24,9 +25,7 @@ NOTIFY_CHANNEL = "tnr_alert_changes"
 
 async def load_watermark(conn: asyncpg.Connection, *, lock: bool = True) -> date | None:
     # The lock also serialises replicas' batches (a key new to both cannot be written twice).
-    value: date | None = await conn.fetchval(
-        "SELECT watermark FROM rule_watermark" + (" FOR UPDATE" if lock else "")
-    )
+    value: date | None = await conn.fetchval("SELECT watermark FROM rule_watermark" + (" FOR UPDATE" if lock else ""))
     return value
 
 
@@ -144,7 +143,14 @@ class StateWrites:
 def encode_states(states: dict[str, KeyState]) -> StateWrites:
     deleted = [k for k, s in states.items() if s.empty]
     keys = [k for k, s in states.items() if not s.empty]
-    return StateWrites(deleted, keys, [dumps(states[k].to_json()) for k in keys], [uuid.uuid4() for _ in keys])
+    return StateWrites(deleted, keys, [dumps(states[k].to_json()) for k in keys], new_versions(len(keys)))
+
+
+def new_versions(count: int) -> list[uuid.UUID]:
+    """Random version tokens (as uuid4, without its 3 us each: asyncpg's C UUID from 16 random
+    bytes; it is the type asyncpg reads them back as)."""
+    randomness = os.urandom(16 * count)
+    return [PgUUID(randomness[n : n + 16]) for n in range(0, 16 * count, 16)]
 
 
 async def write_states(conn: asyncpg.Connection, writes: StateWrites) -> None:
@@ -164,7 +170,8 @@ async def write_states(conn: asyncpg.Connection, writes: StateWrites) -> None:
 
 async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None) -> None:
     empty = [k for k, s in states.items() if s.empty]
-    versions = {k: uuid.uuid4() for k, s in states.items() if not s.empty}
+    kept = [k for k, s in states.items() if not s.empty]
+    versions = dict(zip(kept, new_versions(len(kept)), strict=True))
     if empty:
         await conn.execute("DELETE FROM rule_state WHERE key = ANY($1::text[])", empty)
     if versions:
@@ -239,12 +246,8 @@ def _matched_act(raw: dict[str, Any]) -> MatchedAct:
     """A matched act as this service wrote it (constructed: validation per act was most of the
     cost of reading a busy place's alert)."""
     on = raw.get("on")
-    return MatchedAct.model_construct(
-        incident_id=raw["incident_id"],
-        act_index=raw["act_index"],
-        type=ActType(raw["type"]),
-        on=date.fromisoformat(on) if on else None,
-        status=ActStatus(raw["status"]),
+    return matched_act(
+        raw["incident_id"], raw["act_index"], raw["type"], date.fromisoformat(on) if on else None, raw["status"]
     )
 
 

@@ -396,6 +396,7 @@ def _reference_engine() -> Engine:
     engine = Engine(RULES)
     engine._compiled._possible = lambda rule, present: True  # type: ignore[method-assign]
     engine._compiled._act_masks = _NoMemo()
+    engine._compiled._incident_masks = _NoMemo()
     engine._compiled.prune = False  # every window, each condition interpreted (``holds``)
     return engine
 
@@ -437,3 +438,19 @@ def test_shortcuts_find_what_full_evaluation_finds(reports: list[tuple[str, str,
         full.apply(Upsert(snapshot(f"h{n}", facts, partner=partner, minute=n, target_ref=target_ref)))
     assert fast.log == full.log
     assert fast.open == full.open
+
+
+def test_matched_acts_are_the_models_pydantic_would_construct() -> None:
+    """``matched_act`` skips pydantic's generic construction: it must make the same model."""
+    from services.alerts.engine import matched_act
+    from shared.events import MatchedAct
+    from shared.vocabulary import ActStatus, ActType
+
+    for on in [date(2025, 3, 1), None]:
+        fast = matched_act("i1", 2, "extradition_request", on, "pending")
+        slow = MatchedAct.model_construct(
+            incident_id="i1", act_index=2, type=ActType("extradition_request"), on=on, status=ActStatus("pending")
+        )
+        assert fast == slow and fast.model_fields_set == slow.model_fields_set
+        assert fast.model_dump(mode="json") == slow.model_dump(mode="json")
+        assert fast.model_copy(update={"act_index": 3}).act_index == 3 and fast.act_index == 2
