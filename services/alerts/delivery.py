@@ -196,6 +196,10 @@ def kafka_sender(producer: AIOKafkaProducer, settings: Settings) -> Send:
 # --- Workers ---------------------------------------------------------------------------------
 
 
+# How long an idle worker sleeps when no change wakes it (changes do, through the hub).
+IDLE_SECONDS = 2.0
+
+
 class OutboxWorker:
     def __init__(self, pool: asyncpg.Pool, receiver: str, send: Send, backoff: Backoff, *, batch: int = 1) -> None:
         self.pool = pool
@@ -212,9 +216,11 @@ class OutboxWorker:
 
     async def run(self) -> None:
         while not self._stopping:
+            # Cleared before looking, not after: a change committed while this step runs
+            # wakes the next one instead of being forgotten until the timeout.
+            self.wake.clear()
             wait = await self.step()
             if wait > 0 and not self._stopping:
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=wait)
 
@@ -225,7 +231,7 @@ class OutboxWorker:
                 return 1.0  # another replica is sending to this receiver
             rows = await store.pending(conn, self.receiver, self.batch)
             if not rows:
-                return 2.0
+                return IDLE_SECONDS
             head = rows[0]
             not_before = float((head["next_attempt_at"] - head["db_now"]).total_seconds())
             if not_before > 0:
@@ -251,7 +257,9 @@ class OutboxWorker:
             elapsed = (time.perf_counter() - started) * 1000
             await store.mark_delivered(conn, [r["outbox_id"] for r in rows], self.receiver, status, elapsed)
             DELIVERIES.labels(self.receiver, "delivered").inc(len(rows))
-            return 0.0
+            # A short batch was everything due: the next change wakes us (no empty look,
+            # four round trips, after every delivery).
+            return 0.0 if len(rows) == self.batch else IDLE_SECONDS
 
 
 # --- The change hub: LISTEN/NOTIFY fan-out for SSE and a wake-up for workers ------------------
