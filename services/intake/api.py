@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute
@@ -180,7 +181,7 @@ POST_EVENTS_OPENAPI: dict[str, Any] = {
 
 @router.post("/v1/events", status_code=202, tags=["intake"], summary="Post incident reports",
              openapi_extra=POST_EVENTS_OPENAPI)
-async def post_events(request: Request) -> JSONResponse:
+async def post_events(request: Request) -> Response:
     principal: Principal | None = None
     mode: Mode | None = None
     report_ids: tuple[str, ...] = ()
@@ -229,7 +230,9 @@ async def post_events(request: Request) -> JSONResponse:
             partner=principal.partner if principal else None, mode=mode, report_ids=report_ids,
         ))
         raise
-    return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
+    # orjson: the bytes JSONResponse renders (compact, UTF-8, ids never hold surrogates).
+    return Response(orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates}),
+                    status_code=202, media_type="application/json")
 
 
 class TargetIdentities(BaseModel):

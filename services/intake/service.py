@@ -19,6 +19,7 @@ can write it twice, with the same event id both times (consumers can drop by id)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,13 +40,14 @@ from prometheus_client import Counter, Histogram
 from services.intake import store
 from services.intake.grouping import GroupCommitter
 from services.intake.models import ErasureRequest, RetractionData
+from services.intake.partition import partition_for
 from services.intake.validation import Prepared, ReportFacts
 from services.intake.vault import new_data_key, seal_identity, unwrap_data_key, wrap_data_key
 from shared.auth import Principal
 from shared.events import PRODUCER_SOURCE, CloudEvent, EventType, PartnerEventType
 from shared.problems import Problem
 from shared.serialization import KafkaRecord, record_of
-from shared.telemetry import current_trace_headers
+from shared.telemetry import current_trace_headers, spans_recorded
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ ACK_SECONDS = Histogram(
 SETTLE_SECONDS = Histogram(
     "tnr_intake_settle_seconds", "Marking a request's claims accepted in PostgreSQL (group commit included)"
 )
+# Children bound once: ``labels()`` looks the child up under a lock on every call.
+_ACCEPTED, _DUPLICATE, _UNAVAILABLE = (EVENTS.labels(o) for o in ("accepted", "duplicate", "unavailable"))
 LATE_WRITES = Counter(
     "tnr_intake_late_writes_total", "Writes answered 503 that finished later", ["result"]
 )
@@ -71,6 +75,9 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeE
 # Once per process: the SDK makes a new tracer (and a warning) on every get_tracer call. A
 # tracer taken before the provider is installed follows it once it is (OTel's proxy).
 _TRACER = trace.get_tracer("tnrwatch.kafka")
+# Spans recorded at all (an exporter configured): asked per request, since the provider is
+# installed at start-up, after this module is imported.
+_SPANS_RECORDED = spans_recorded
 _KIND = {
     PartnerEventType.INCIDENT_REPORTED: EventType.INCIDENT_REPORTED,
     PartnerEventType.INCIDENT_AMENDED: EventType.INCIDENT_AMENDED,
@@ -101,11 +108,14 @@ class DataKeyCache:
         return item[1]
 
     def put(self, target_ref: str, data_key: bytes) -> AESGCM:
+        cipher = AESGCM(data_key)
+        self.put_cipher(target_ref, cipher)
+        return cipher
+
+    def put_cipher(self, target_ref: str, cipher: AESGCM) -> None:
         if len(self._items) >= self.max_entries:
             self._items.clear()
-        cipher = AESGCM(data_key)
         self._items[target_ref] = (time.monotonic() + self.ttl, cipher)
-        return cipher
 
     def pop(self, target_ref: str, default: None = None) -> None:
         self._items.pop(target_ref, default)
@@ -131,14 +141,11 @@ class IntakeContext:
     data_keys: DataKeyCache = field(default_factory=lambda: DataKeyCache(60.0))
     claims: GroupCommitter[store.Claim, store.ClaimResult] = field(init=False)
     settle: GroupCommitter[store.Settlement, None] = field(init=False)
-    # New targets' data keys: one statement (one commit) for all concurrent requests, as claims.
-    target_keys: GroupCommitter[tuple[str, bytes], store.TargetKey] = field(init=False)
 
     def __post_init__(self) -> None:
         # Concurrent requests' claims and settlements share statements (grouping.py).
         self.claims = GroupCommitter(lambda rows: store.claim(self.pool, rows, self.instance))
         self.settle = GroupCommitter(lambda rows: store.mark_accepted(self.pool, rows, self.instance))
-        self.target_keys = GroupCommitter(lambda rows: store.target_keys_grouped(self.pool, rows))
 
 
 def _unavailable(detail: str, retry_after: int = 5) -> Problem:
@@ -174,22 +181,70 @@ async def _resolve_retractions(ctx: IntakeContext, prepared: list[Prepared]) -> 
     return out
 
 
-async def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> dict[tuple[str, str], bytes]:
-    refs = {p.target_ref for p in prepared if p.identity is not None and p.target_ref is not None}
-    data_keys = {ref: key for ref in refs if (key := ctx.data_keys.get(ref)) is not None}
-    missing = refs - set(data_keys)
-    if missing:
-        candidates = [(ref, wrap_data_key(ctx.master_key, new_data_key(), ref)) for ref in missing]
-        stored = await ctx.target_keys.submit(candidates)
-        for (ref, _), target_key in zip(candidates, stored, strict=True):
-            if target_key.wrapped_key is not None:  # None: erased, the identity is not kept again
-                data_key = unwrap_data_key(ctx.master_key, bytes(target_key.wrapped_key), ref)
-                data_keys[ref] = ctx.data_keys.put(ref, data_key)
-    sealed: dict[tuple[str, str], bytes] = {}
+@dataclass
+class Sealed:
+    """Identities sealed for a request's claims: the ciphertexts, and the freshly made data
+    keys of targets not in the cache (wrapped for the claim's statement to store)."""
+
+    ciphertexts: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    candidates: dict[str, tuple[bytes, AESGCM]] = field(default_factory=dict)  # ref -> (wrapped, cipher)
+
+
+def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> Sealed:
+    """Seal each identity under its target's cached data key, or under a new one made here:
+    the claim stores it with the report when the target has none yet (one statement for both;
+    see ``store.claim``), else the identity is sealed again under the stored key."""
+    out = Sealed()
+    ciphers: dict[str, AESGCM] = {}
     for p in prepared:
-        if p.identity is not None and p.target_ref in data_keys:
-            sealed[p.key] = seal_identity(data_keys[p.target_ref], p.identity, p.target_ref)
-    return sealed
+        ref = p.target_ref
+        if p.identity is None or ref is None:
+            continue
+        cipher = ciphers.get(ref)
+        if cipher is None:
+            cipher = ctx.data_keys.get(ref)
+            if cipher is None:
+                data_key = new_data_key()
+                cipher = AESGCM(data_key)
+                out.candidates[ref] = (wrap_data_key(ctx.master_key, data_key, ref), cipher)
+            ciphers[ref] = cipher
+        out.ciphertexts[p.key] = seal_identity(cipher, p.identity, ref)
+    return out
+
+
+async def _keep_lost_identities(
+    ctx: IntakeContext, unique: list[Prepared], sealed: Sealed, claims: list[store.Claim],
+    answers: list[store.ClaimResult],
+) -> None:
+    """Keys that the claim stored are cached; claims whose new key lost to one stored before
+    (a target not in this process's cache, or created concurrently) get their identity
+    sealed again under the stored key (an erased target's is not kept)."""
+    lost: dict[str, list[Prepared]] = {}
+    stored: dict[str, bytes | None] = {}
+    for p, c, a in zip(unique, claims, answers, strict=True):
+        if c.wrapped_key is None:
+            continue
+        if not a.key_lost:
+            ctx.data_keys.put_cipher(c.target_ref, sealed.candidates[c.target_ref][1])
+        elif a.made:
+            lost.setdefault(c.target_ref, []).append(p)
+            if a.key_seen:
+                stored[c.target_ref] = a.stored_key
+    if not lost:
+        return
+    unseen = [ref for ref in lost if ref not in stored]
+    if unseen:  # created after the claim's snapshot by another transaction: visible now
+        stored.update({ref: k.wrapped_key for ref, k in (await store.target_keys(ctx.pool, {
+            ref: sealed.candidates[ref][0] for ref in unseen})).items()})
+    again: list[tuple[tuple[str, str], bytes]] = []
+    for ref, reports in lost.items():
+        wrapped = stored.get(ref)
+        if wrapped is None:  # erased: the identity is not kept again
+            continue
+        cipher = ctx.data_keys.put(ref, unwrap_data_key(ctx.master_key, wrapped, ref))
+        again += [(p.key, seal_identity(cipher, p.identity, ref)) for p in reports if p.identity is not None]
+    if again:
+        await store.keep_identities(ctx.pool, again, ctx.instance)
 
 
 def _event_data(p: Prepared, principal: Principal, when: str) -> dict[str, Any]:
@@ -297,11 +352,17 @@ async def _send_each(ctx: IntakeContext, records: list[KafkaRecord]) -> list[Bas
     """Record by record (aiokafka's send_batch serialises concurrent batches of a partition
     and times out under load, so it is not used)."""
     futures: list[asyncio.Future[Any]] = []
+    topic = ctx.incidents_topic
+    send = ctx.producer.send
+    # The default partitioner's choice, computed here (partition.py); unknown metadata (the
+    # topic not seen yet): aiokafka waits for it and picks.
+    known = ctx.producer.client.cluster.partitions_for_topic(topic)
+    partitions = list(known) if known else None
     try:
         for record in records:
-            futures.append(await ctx.producer.send(
-                ctx.incidents_topic, record.value, key=record.key, headers=record.headers
-            ))
+            partition = None if partitions is None or record.key is None else partition_for(record.key, partitions)
+            futures.append(await send(topic, record.value, key=record.key, partition=partition,
+                                      headers=record.headers))
         done = list(await asyncio.gather(*futures, return_exceptions=True))
     except Exception as exc:  # send() itself failed (metadata, buffer): nothing more goes out
         done = list(await asyncio.gather(*futures, return_exceptions=True))
@@ -320,8 +381,9 @@ async def _publish(
         f"send {topic}", kind=trace.SpanKind.PRODUCER,
         attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                     "messaging.batch.message_count": len(todo)},
-    ):
-        trace_headers = current_trace_headers()  # this span: the parent of every event's hops
+    ) if _SPANS_RECORDED() else contextlib.nullcontext():
+        # This span (or, when no span is recorded, the request's): the parent of every event's hops.
+        trace_headers = current_trace_headers()
         when = received_at.isoformat()
         records = [_record(p, principal, when, trace_headers) for p in todo]
         sending = time.monotonic()
@@ -369,7 +431,8 @@ async def accept(
     """Accept validated events: 202 material, or a Problem (422 unknown retraction, 503).
     ``audit`` (the request's record, counts filled in here) is written with the outcome."""
     received_at = datetime.now(UTC)
-    prepared = await _resolve_retractions(ctx, prepared)
+    if any(p.target_ref is None for p in prepared):  # retractions: most requests have none
+        prepared = await _resolve_retractions(ctx, prepared)
     result = Accepted()
     first: dict[tuple[str, str], Prepared] = {}
     repeated: list[Prepared] = []  # the same (source, id) twice in one batch
@@ -379,17 +442,20 @@ async def accept(
         else:
             first[p.key] = p
     unique = list(first.values())
-    sealed = await _seal_identities(ctx, unique)
+    sealed = _seal_identities(ctx, unique)
+    candidates = {ref: wrapped for ref, (wrapped, _) in sealed.candidates.items()}
     claims = [
         store.Claim(
-            source=p.envelope.source, report_id=p.envelope.id, incident_id=p.incident_id,
-            target_ref=p.target_ref or "", event_type=p.kind.value, partner=principal.partner,
-            event_id=p.event_id, identity_ciphertext=sealed.get(p.key),
+            p.envelope.source, p.envelope.id, p.incident_id, p.target_ref or "", p.kind.value,
+            principal.partner, p.event_id, ciphertext := sealed.ciphertexts.get(p.key),
+            None if ciphertext is None else candidates.get(p.target_ref or ""),
         )
         for p in unique
     ]
     claiming = time.monotonic()
     answers = await ctx.claims.submit(claims)
+    if candidates:
+        await _keep_lost_identities(ctx, unique, sealed, claims, answers)
     CLAIM_SECONDS.observe(time.monotonic() - claiming)
     claimed = {(c.source, c.report_id) for c, a in zip(claims, answers, strict=True) if a.made}
     # Accepted before: a duplicate at once. Anything else is being written by another request.
@@ -423,7 +489,7 @@ async def accept(
             ctx.background.add(task)
             task.add_done_callback(ctx.background.discard)
             task.add_done_callback(_finish_late)
-            EVENTS.labels("unavailable").inc(len(todo))
+            _UNAVAILABLE.inc(len(todo))
             raise _unavailable(
                 "The log did not confirm the write in time; the events were NOT accepted. Retry "
                 "with the same ids: a write that completes late is then answered as a duplicate."
@@ -438,7 +504,7 @@ async def accept(
                           "were NOT accepted" + (f" ({written} of {len(todo)} were written: a retry "
                           "lists them as duplicates)." if written else "."))
         if any(outcome):
-            EVENTS.labels("unavailable").inc(len(todo))
+            _UNAVAILABLE.inc(len(todo))
             written = sum(1 for r in outcome if r is None)
             raise _unavailable(
                 "The log refused the write; the events were NOT accepted"
@@ -457,8 +523,8 @@ async def accept(
     result.duplicates += [_entry(p) for p in repeated]
     if not todo and audit is not None:
         await ctx.settle.submit([((), audit)])  # grouped with other requests' records
-    EVENTS.labels("accepted").inc(len(result.accepted))
-    EVENTS.labels("duplicate").inc(len(result.duplicates))
+    _ACCEPTED.inc(len(result.accepted))
+    _DUPLICATE.inc(len(result.duplicates))
     return result
 
 

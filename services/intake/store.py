@@ -26,6 +26,9 @@ class Claim(NamedTuple):
     partner: str
     event_id: str
     identity_ciphertext: bytes | None
+    # A freshly wrapped data key for the target (not in this process's cache): stored by the
+    # claim's statement when the target has none yet; the identity was sealed under it.
+    wrapped_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -91,20 +94,16 @@ async def target_keys(
     return found
 
 
-async def target_keys_grouped(pool: asyncpg.Pool, candidates: Sequence[tuple[str, bytes]]) -> list[TargetKey]:
-    """:func:`target_keys` for rows of many requests at once (group commit): one TargetKey per
-    (target_ref, candidate) row, in order. Two requests' candidates for one new target get
-    the same stored key (the first row's)."""
-    first: dict[str, bytes] = {}
-    for ref, wrapped in candidates:
-        first.setdefault(ref, wrapped)
-    found = await target_keys(pool, first)
-    return [found[ref] for ref, _ in candidates]
-
-
 class ClaimResult(NamedTuple):
     made: bool  # this call claimed the report: it is this request's to write
     seen: Existing | None  # else the row found, when it was there before this statement
+    # The claim's wrapped_key was not stored (the target had a key, or another row of the
+    # same statement gave one): its identity was not kept. ``stored_key`` is the target's key
+    # (None: erased) when ``key_seen``; not seen: created by a transaction after this
+    # statement's snapshot (look again).
+    key_lost: bool = False
+    key_seen: bool = False
+    stored_key: bytes | None = None
 
 
 def _rows_json(rows: list[dict[str, Any]]) -> str:
@@ -122,53 +121,97 @@ def _rows_json(rows: list[dict[str, Any]]) -> str:
     return orjson.dumps(rows).decode()
 
 
+def _b64(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode()
+
+
 async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> list[ClaimResult]:
     """Claim reports not seen before, and return what was there for the others, in one
-    statement. Of two claims of one (source, report_id) in one call, the first is made."""
+    statement. Of two claims of one (source, report_id) in one call, the first is made.
+
+    New targets' data keys are stored by the same statement (one round trip and one commit
+    for both, where a separate key statement cost a second one per request at low load): a
+    claim's identity ciphertext is kept only if it has no ``wrapped_key`` (sealed under a
+    key already stored) or its ``wrapped_key`` is the one stored now (the first candidate of
+    a target in the statement, when the target had none). Claim and key commit together."""
     if not claims:
         return []
     rows = await pool.fetch(
         """WITH input AS (
                SELECT * FROM json_to_recordset($1::text::json)
-                        AS u(n int, s text, r text, i text, t text, e text, p text, v text, c text)
+                        AS u(n int, s text, r text, i text, t text, e text, p text, v text, c text, k text)
                 LIMIT $3),
+           keys AS (
+               INSERT INTO intake_target_keys (target_ref, wrapped_key)
+               SELECT DISTINCT ON (t) t, decode(k, 'base64') FROM input WHERE k IS NOT NULL ORDER BY t, n
+               ON CONFLICT (target_ref) DO NOTHING
+               RETURNING target_ref, wrapped_key),
+           rows AS (
+               SELECT input.*, k IS NOT NULL AND keys.wrapped_key IS DISTINCT FROM decode(k, 'base64') AS lost,
+                      keys.wrapped_key AS made_key
+                 FROM input LEFT JOIN keys ON keys.target_ref = input.t),
            made AS (
                INSERT INTO intake_reports (source, report_id, incident_id, target_ref, event_type,
                                            partner, event_id, identity_ciphertext, status,
                                            claimed_by, claimed_at)
-               SELECT s, r, i, t, e, p, v, decode(c, 'base64'), 'sending', $2, now() FROM input ORDER BY n
+               SELECT s, r, i, t, e, p, v, CASE WHEN NOT lost THEN decode(c, 'base64') END, 'sending', $2, now()
+                 FROM rows ORDER BY n
                ON CONFLICT (source, report_id) DO NOTHING
                RETURNING source, report_id)
-           SELECT input.n, x.source, x.report_id, x.incident_id, x.status, x.claimed_by, x.claimed_at
-             FROM input
-             LEFT JOIN made ON made.source = input.s AND made.report_id = input.r
-             LEFT JOIN intake_reports x ON x.source = input.s AND x.report_id = input.r
-            WHERE made.source IS NULL
-            ORDER BY input.n""",
+           SELECT rows.n, made.source IS NOT NULL AS made, rows.lost,
+                  rows.made_key IS NOT NULL OR tk.target_ref IS NOT NULL AS key_seen,
+                  coalesce(rows.made_key, tk.wrapped_key) AS stored_key,
+                  x.source, x.report_id, x.incident_id, x.status, x.claimed_by, x.claimed_at
+             FROM rows
+             LEFT JOIN made ON made.source = rows.s AND made.report_id = rows.r
+             LEFT JOIN intake_reports x ON x.source = rows.s AND x.report_id = rows.r
+             LEFT JOIN intake_target_keys tk ON rows.lost AND rows.made_key IS NULL AND tk.target_ref = rows.t
+            WHERE made.source IS NULL OR rows.lost
+            ORDER BY rows.n""",
         _rows_json([
             {"n": n, "s": c.source, "r": c.report_id, "i": c.incident_id, "t": c.target_ref, "e": c.event_type,
-             "p": c.partner, "v": c.event_id,
-             "c": None if c.identity_ciphertext is None else base64.b64encode(c.identity_ciphertext).decode()}
+             "p": c.partner, "v": c.event_id, "c": _b64(c.identity_ciphertext), "k": _b64(c.wrapped_key)}
             for n, c in enumerate(claims)
         ]),
         instance,
         len(claims),
     )
-    # Only the reports not claimed by this statement come back (most are claimed).
+    # Only the reports not claimed, or whose key was not stored, come back (most are neither).
     others = {row["n"]: row for row in rows}
     first: set[tuple[str, str]] = set()
     out = []
     for n, c in enumerate(claims):
         key = (c.source, c.report_id)
         row = others.get(n)
-        made = row is None and key not in first
+        if row is None:
+            made = key not in first
+            first.add(key)
+            out.append(ClaimResult(made, None))
+            continue
+        made = row["made"] and key not in first
         first.add(key)
         seen = None
-        if row is not None and row["status"] is not None:
+        if not row["made"] and row["status"] is not None:
             seen = Existing(row["source"], row["report_id"], row["incident_id"], row["status"],
                             row["claimed_by"], row["claimed_at"])
-        out.append(ClaimResult(made, seen))
+        stored = row["stored_key"]
+        out.append(ClaimResult(made, seen, row["lost"], row["key_seen"], None if stored is None else bytes(stored)))
     return out
+
+
+async def keep_identities(
+    pool: asyncpg.Pool, sealed: Sequence[tuple[tuple[str, str], bytes]], instance: str
+) -> None:
+    """Identities of claims made without them (their candidate key lost to the target's
+    stored one), sealed again under the stored key; before the write, as for any claim."""
+    await pool.execute(
+        """UPDATE intake_reports r SET identity_ciphertext = decode(k.c, 'base64')
+             FROM (SELECT * FROM json_to_recordset($1::text::json) AS k(s text, i text, c text) LIMIT $3) k
+            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $2 AND r.status = 'sending'""",
+        _rows_json([{"s": key[0], "i": key[1], "c": _b64(ciphertext)} for key, ciphertext in sealed]),
+        instance,
+        len(sealed),
+    )
 
 
 async def existing(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> list[Existing]:

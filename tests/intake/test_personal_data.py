@@ -97,6 +97,30 @@ async def test_concurrent_first_reports_of_new_targets_keep_every_identity_reada
     assert sorted(i["name"] for i in r.json()["identities"]) == sorted([shared["name"], "PERSON-OMEGA, concurrent"])
 
 
+async def test_a_person_known_to_another_intake_keeps_one_key_and_every_identity_readable(
+    intake: httpx.AsyncClient, keys: Keys, intake_settings: Settings
+) -> None:
+    """A second intake (another worker, or this one restarted: its data key cache is empty)
+    reports a person the first one gave a key: the report's identity is sealed under that
+    stored key, not a new one, so the admin reads both reports' identities."""
+    from services.intake.main import create_app
+    from tests.harness import in_process
+
+    first = {"name": "Person Known-Elsewhere", "birth_date": "1971-03-03"}
+    r = await intake.post("/v1/events", content=body(with_identity("ke-1", first)), headers=auth(keys.partner))
+    assert r.status_code == 202, r.text
+    second = {**first, "name": "KNOWN-ELSEWHERE person"}  # the same person, written differently
+    async with in_process(create_app(intake_settings)) as other:
+        r = await other.post("/v1/events", content=body(with_identity("ke-2", second)), headers=auth(keys.partner))
+        assert r.status_code == 202, r.text
+        ref = await target_of(intake_settings, "ke-1")
+        assert ref == await target_of(intake_settings, "ke-2")
+        for reader in (intake, other):
+            r = await reader.get(f"/v1/targets/{ref}/identity", headers=auth(keys.admin, None))
+            assert r.status_code == 200, r.text
+            assert sorted(i["name"] for i in r.json()["identities"]) == sorted([first["name"], second["name"]])
+
+
 async def test_admin_reads_the_sealed_identity_until_erasure_then_never_again(
     intake: httpx.AsyncClient, keys: Keys, intake_settings: Settings
 ) -> None:

@@ -216,3 +216,41 @@ def test_hmac_from_precomputed_pads_is_hmac(key: bytes, message: bytes) -> None:
     from services.intake.pseudonym import hmac_sha256
 
     assert hmac_sha256(key, message) == hmac.digest(key, message, "sha256")
+
+
+@given(st.binary(max_size=120), st.integers(min_value=1, max_value=64))
+def test_a_record_goes_to_the_partition_aiokafka_s_default_partitioner_picks(key: bytes, count: int) -> None:
+    """Intake passes the partition to ``send`` itself: each target's events must stay on the
+    partition they always went to, whatever the key's length."""
+    from aiokafka.partitioner import DefaultPartitioner, murmur2
+
+    from services.intake.partition import murmur2 as fast_murmur2
+    from services.intake.partition import partition_for
+
+    partitions = list(range(count))
+    assert fast_murmur2(key) == murmur2(key)
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, partitions, partitions)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_JSON_VALUES, st.booleans())
+def test_bodies_read_by_orjson_give_the_standard_library_s_values(value: object, ascii_only: bool) -> None:
+    """Bodies are read by orjson where it agrees with ``json.loads`` to the type (integers past
+    64 bits among them: orjson would make them floats), else by ``json``."""
+    import json
+
+    from services.intake.binding import _loads
+
+    body = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        expected = json.loads(body)
+    except ValueError:
+        return
+    got = _loads(body)
+    assert repr(got) == repr(expected)
