@@ -17,7 +17,7 @@ from opentelemetry import trace
 from tqdm import tqdm
 
 from shared.events import CloudEvent
-from shared.serialization import to_record
+from shared.serialization import KafkaRecord, to_record
 from shared.settings import Settings
 from shared.telemetry import current_trace_headers
 from shared.topics import Topics
@@ -109,6 +109,14 @@ async def send_events(
         ):
             record = to_record(event, key=key, trace_headers=current_trace_headers())
             acks.append(await producer.send(topic, record.value, key=record.key, headers=record.headers))
+    if acks:
+        await asyncio.gather(*acks)
+
+
+async def send_records(producer: AIOKafkaProducer, topic: str, records: Sequence[KafkaRecord]) -> None:
+    """Records already built (:func:`shared.serialization.record_of`), all in flight at once and
+    acknowledged together, as :func:`send_events` does."""
+    acks = [await producer.send(topic, r.value, key=r.key, headers=r.headers) for r in records]
     if acks:
         await asyncio.gather(*acks)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import smtplib
 import time
@@ -24,16 +25,19 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 
 from services.alerts import store
 from services.alerts.receivers import KAFKA_RECEIVER, Backoff, Receiver, ReceiversConfig
-from shared.events import AlertChanged, EventType, new_event
-from shared.kafka import send_events, topics_for
+from shared.events import PRODUCER_SOURCE, EventType
+from shared.kafka import send_records, topics_for
 from shared.runtime import Supervised
+from shared.serialization import record_of
 from shared.settings import Settings
+from shared.telemetry import current_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -173,24 +177,41 @@ def kafka_sender(producer: AIOKafkaProducer, settings: Settings) -> Send:
     topic = topics_for(settings).alerts
 
     async def send(rows: Sequence[asyncpg.Record]) -> int | None:
-        events = []
+        # The outbox holds the AlertChanged JSON the engine wrote from a validated change:
+        # it becomes the record as it is (no model built and dumped again per alert).
+        trace_headers = current_trace_headers()
+        sent_at = datetime.now(UTC).isoformat()
+        records = []
         for row in rows:
             payload = row["payload"]
-            event = new_event(
-                EventType(payload["type"]),
-                AlertChanged.model_validate(payload["data"]),
-                subject=payload["data"]["alert_id"],
-                event_id=str(uuid.uuid5(_EVENT_NAMESPACE, f"{row['fingerprint']}|{row['notify_key']}")),
+            data = payload["data"]
+            records.append(
+                record_of(
+                    id=str(uuid.uuid5(_EVENT_NAMESPACE, f"{row['fingerprint']}|{row['notify_key']}")),
+                    source=PRODUCER_SOURCE,
+                    type=EventType(payload["type"]).value,
+                    subject=data["alert_id"],
+                    time=sent_at,
+                    key=row["fingerprint"],
+                    data_json=_json_bytes(data),
+                    trace_headers=trace_headers,
+                )
             )
-            events.append((event, row["fingerprint"]))
         try:
             # All of the batch in flight at once: one wait for the broker instead of one per alert.
-            await send_events(producer, topic, events)
+            await send_records(producer, topic, records)
         except Exception as exc:  # the broker is down or refuses: retry the batch later
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
         return None
 
     return send
+
+
+def _json_bytes(data: Any) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # an integer beyond 64 bits: the standard library takes it
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # --- Workers ---------------------------------------------------------------------------------

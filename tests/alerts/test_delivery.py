@@ -23,6 +23,7 @@ from services.alerts.main import create_app as alerts_app
 from services.alerts.replay import replay_rules
 from services.classifier.main import create_app as classifier_app
 from services.intake.main import create_app as intake_app
+from shared.events import AlertChanged
 from shared.kafka import make_consumer, topics_for
 from shared.serialization import from_record
 from shared.settings import Settings
@@ -247,6 +248,9 @@ async def test_a_receiver_down_then_refusing_gets_everything_once_and_mail_and_s
     events = await alert_events(settings, fingerprints | {muted["fingerprint"]}, expected=5)
     types = sorted(t for t, _ in events)
     assert types.count("org.tnrwatch.alert.raised.v1") == 4 and "org.tnrwatch.alert.resolved.v1" in types
+    # Each is a valid AlertChanged (what the projections fold), with its alert as the subject.
+    for _, data in events:
+        assert AlertChanged.model_validate(data).fingerprint == data["fingerprint"]
 
     # `tnrwatch replay alerts` (service stopped): the same alerts are found again, nothing is
     # raised twice, the hand-resolved alert stays resolved, and nothing is queued to send again.
