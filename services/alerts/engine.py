@@ -9,7 +9,7 @@ finds nothing new and emits nothing.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -483,10 +483,12 @@ class _Compiled:
         ``focus``: only windows that contain a date in this range are tried (a new incident
         cannot change windows it is not in)."""
         mask = self.rule_mask[rule.id]
-        candidates = [r for r in rows if r.mask & mask]  # rows come in date order
+        candidates: list[_Row] = []  # rows come in date order
         present = 0
-        for r in candidates:
-            present |= r.mask
+        for r in rows:
+            if r.mask & mask:
+                candidates.append(r)
+                present |= r.mask
         if not candidates or not self._possible(rule, present & mask):
             return []
         check = self.checks[rule.id] if self.prune else partial(self.holds, rule.when)
@@ -494,20 +496,25 @@ class _Compiled:
             return check(candidates) or []
         width = timedelta(days=rule.window_days)
         dates = [r.when for r in candidates]
-        starts = sorted(set(dates))
-        if focus is not None:
-            starts = [d for d in starts if focus[0] - width <= d <= focus[1]]
+        first, last = (focus[0] - width, focus[1]) if focus is not None else (dates[0], dates[-1])
         witness: dict[int, _Row] = {}
         last_hi = -1
-        for start in starts:
-            hi = bisect_right(dates, start + width)
+        previous: date | None = None
+        # Each distinct date (in [first, last]) starts a window; ``lo`` is its first row.
+        for lo, start in enumerate(dates):
+            if start == previous or start < first:
+                continue
+            if start > last:
+                break
+            previous = start
+            hi = bisect_right(dates, start + width, lo)
             if hi == last_hi and self.prune:
                 # Inside the window tried before (same end, later start): conditions are
                 # monotone in their rows, so it holds only if that one did, with a witness
                 # inside that one's.
                 continue
             last_hi = hi
-            window = candidates[bisect_left(dates, start) : hi]
+            window = candidates[lo:hi]
             present = 0
             for r in window:
                 present |= r.mask
