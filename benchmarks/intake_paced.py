@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks.alerts_latency import local_servers, schedstat
 from benchmarks.intake_throughput import Profiler, _metric_sums, _read_response, cpu_seconds, http_request, waits_note
 from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
 from tests.infra import _local_stack
@@ -111,12 +112,15 @@ async def main(rate: float, seconds: float, warmup: float, profile: Path | None)
         profiler = Profiler(profile, pid)
         profiler.start("paced")
         sums = _metric_sums(process.port)
+        servers = local_servers()  # the local stack's broker and PostgreSQL (their CPU for intake's work)
+        servers_before = {name: schedstat(pids)[0] for name, pids in servers.items()}
         cpu, split, switches = cpu_seconds(pid), cpu_split(pid), context_switches(pid)
         total = int(rate * seconds)
         elapsed, latencies, statuses = await paced(process.port, key, rate, total)
         cpu = cpu_seconds(pid) - cpu
         user, system = (b - a for a, b in zip(split, cpu_split(pid), strict=True))
         switches = context_switches(pid) - switches
+        servers_cpu = {name: schedstat(servers[name])[0] - ran for name, ran in servers_before.items()}
         profiler.stop()
         waits = waits_note(sums, _metric_sums(process.port))
     finally:
@@ -129,6 +133,9 @@ async def main(rate: float, seconds: float, warmup: float, profile: Path | None)
           f"{switches / total:.1f} waits for I/O a report)")
     print(f"answer from due: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms; {waits}")
+    if servers_cpu:
+        print("meanwhile (all their work, intake's most of it): " + ", ".join(
+            f"{name} {ran / total * 1e6:,.0f} µs a report" for name, ran in servers_cpu.items()))
 
 
 if __name__ == "__main__":
