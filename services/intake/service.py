@@ -455,7 +455,13 @@ async def accept(
     claiming = time.monotonic()
     answers = await ctx.claims.submit(claims)
     if candidates:
-        await _keep_lost_identities(ctx, unique, sealed, claims, answers)
+        try:
+            await _keep_lost_identities(ctx, unique, sealed, claims, answers)
+        except Exception:  # nothing written yet: free the claims so that a retry writes them
+            made = [(c.source, c.report_id) for c, a in zip(claims, answers, strict=True) if a.made]
+            with contextlib.suppress(Exception):
+                await store.release(ctx.pool, made, ctx.instance)
+            raise
     CLAIM_SECONDS.observe(time.monotonic() - claiming)
     claimed = {(c.source, c.report_id) for c, a in zip(claims, answers, strict=True) if a.made}
     # Accepted before: a duplicate at once. Anything else is being written by another request.
