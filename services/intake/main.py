@@ -32,12 +32,19 @@ DEFAULT_PORT = 8081
 # guarantees (acks=all, idempotence) are make_producer's and unchanged.
 PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "max_batch_size": 256 * 1024}
 log = logging.getLogger(__name__)
-# Every statement planned for its own arrays: after five runs of a prepared statement
-# PostgreSQL may switch to a generic plan made while intake_reports was small, and keeps it
-# as the table grows (until the next ANALYZE). Measured: settling a batch took 190-420 ms
-# (EXPLAIN ANALYZE of the same statement: 10 ms) and the benchmark's batches waited ~1 s
-# each. Planning each group-committed statement costs ~0.2 ms.
-SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+# One generic plan per prepared statement and connection, never a custom one: planning
+# intake's claim for one report cost ~0.4 ms against ~0.25 ms running it, on every request.
+# Its statements read intake_reports and intake_target_keys only by primary-key probes (see
+# store.py), and with sequential scans off those are the plans whatever the table's size was
+# at planning time (an empty or small table made "scan it all" look cheaper: a generic plan
+# keeps that as the table grows). Checked with EXPLAIN ANALYZE at 1, 100 and 5,000 rows a
+# statement, planned on an empty, a 60-row and a 100,000-row table (docs/intake.md).
+# (force_custom_plan before this: with the default "auto" PostgreSQL switched to generic plans
+# made while the table was small, and a batch's settlement took 190-420 ms.) JIT off: a
+# sequential scan with no other path (partner_sources in the API key's look-up) still costs
+# the planner's "disabled" penalty, far above jit_above_cost, and compiling it took ~250 ms
+# on every request; none of intake's statements is long enough for JIT to pay.
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "jit": "off"}
 
 
 async def _no_session_reset(conn: asyncpg.Connection) -> None:

@@ -115,8 +115,10 @@ def _rows_json(rows: list[dict[str, Any]]) -> str:
     Statements read it as ``(SELECT … FROM json_to_recordset(…) LIMIT <row count>)``: the
     planner guesses 100 rows for a set-returning function, and joining 100 rows to
     ``intake_reports`` it chose a sequential scan of the whole table (7.5 ms a settlement at
-    5,000 reports, growing with the table); with the count as a LIMIT (intake's pool plans
-    every statement with its values) it probes the primary key."""
+    5,000 reports, growing with the table). Under a LIMIT it guesses 10 in a generic plan (as
+    intake's pool makes them), and with sequential scans off for intake's sessions the claim
+    and the settlement probe the primary key per row and join their own CTEs by hashing: the
+    same plan, linear, for 1 to 5,000 rows (docs/intake.md, "Generic plans")."""
     return orjson.dumps(rows).decode()
 
 
@@ -198,26 +200,43 @@ async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> l
     return out
 
 
+# The rows of (source, report_id) pairs given as two arrays ($1 sources, $2 ids), each found
+# by its own primary-key probe whatever the plan. Intake's statements run on cached generic
+# plans (services/intake/main.py); a join of the table with the keys' unnest() was turned
+# inside out by a plan made while the table looked small (a walk of the whole primary key per
+# statement: 35-74 ms at 100,000 reports), and an index scan by both arrays kept only the
+# source as its index condition. A LATERAL subquery that is not flattened (OFFSET 0) can only
+# run once per key, after it. UPDATE and DELETE take the rows by their ctids (a TID scan):
+# a row updated concurrently is followed to its newest version and the statement's other
+# conditions are checked again on it, as for any UPDATE.
+_PROBE = """FROM unnest($1::text[], $2::text[]) AS k(s, i)
+           CROSS JOIN LATERAL (SELECT x.ctid AS tid, x.* FROM intake_reports x
+                                WHERE x.source = k.s AND x.report_id = k.i OFFSET 0) x"""
+_BY_KEYS = f"r.ctid = ANY(ARRAY(SELECT x.tid {_PROBE}))"
+
+
 async def keep_identities(
     pool: asyncpg.Pool, sealed: Sequence[tuple[tuple[str, str], bytes]], instance: str
 ) -> None:
     """Identities of claims made without them (their candidate key lost to the target's
     stored one), sealed again under the stored key; before the write, as for any claim."""
     await pool.execute(
-        """UPDATE intake_reports r SET identity_ciphertext = decode(k.c, 'base64')
-             FROM (SELECT * FROM json_to_recordset($1::text::json) AS k(s text, i text, c text) LIMIT $3) k
-            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $2 AND r.status = 'sending'""",
-        _rows_json([{"s": key[0], "i": key[1], "c": _b64(ciphertext)} for key, ciphertext in sealed]),
+        """UPDATE intake_reports r SET identity_ciphertext = v.c
+             FROM (SELECT x.tid, k.c FROM unnest($1::text[], $2::text[], $3::bytea[]) AS k(s, i, c)
+                   CROSS JOIN LATERAL (SELECT x.ctid AS tid FROM intake_reports x
+                                        WHERE x.source = k.s AND x.report_id = k.i OFFSET 0) x) v
+            WHERE r.ctid = v.tid AND r.claimed_by = $4 AND r.status = 'sending'""",
+        [key[0] for key, _ in sealed],
+        [key[1] for key, _ in sealed],
+        [ciphertext for _, ciphertext in sealed],
         instance,
-        len(sealed),
     )
 
 
 async def existing(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]]) -> list[Existing]:
     rows = await pool.fetch(
-        """SELECT source, report_id, incident_id, status, claimed_by, claimed_at
-             FROM intake_reports r
-             JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON r.source = k.s AND r.report_id = k.i""",
+        f"""SELECT x.source, x.report_id, x.incident_id, x.status, x.claimed_by, x.claimed_at
+              {_PROBE}""",
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
@@ -229,10 +248,9 @@ async def take_over(
 ) -> set[tuple[str, str]]:
     """Claims left 'sending' by an intake that stopped mid-write become ours after a while."""
     rows = await pool.fetch(
-        """UPDATE intake_reports r SET claimed_by = $3, claimed_at = now()
-             FROM unnest($1::text[], $2::text[]) AS k(s, i)
-            WHERE r.source = k.s AND r.report_id = k.i AND r.status = 'sending'
-              AND r.claimed_at < now() - make_interval(secs => $4)
+        f"""UPDATE intake_reports r SET claimed_by = $3, claimed_at = now()
+             WHERE {_BY_KEYS} AND r.status = 'sending'
+               AND r.claimed_at < now() - make_interval(secs => $4)
            RETURNING r.source, r.report_id""",
         [k[0] for k in keys],
         [k[1] for k in keys],
@@ -284,9 +302,8 @@ async def mark_accepted(
 async def release(pool: asyncpg.Pool, keys: Sequence[tuple[str, str]], instance: str) -> None:
     """The log did not take these: forget the claims so that a re-post is written afresh."""
     await pool.execute(
-        """DELETE FROM intake_reports r
-             USING unnest($1::text[], $2::text[]) AS k(s, i)
-            WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $3 AND r.status = 'sending'""",
+        f"""DELETE FROM intake_reports r
+             WHERE {_BY_KEYS} AND r.claimed_by = $3 AND r.status = 'sending'""",
         [k[0] for k in keys],
         [k[1] for k in keys],
         instance,
