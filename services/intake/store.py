@@ -165,8 +165,11 @@ async def claim(pool: asyncpg.Pool, claims: Sequence[Claim], instance: str) -> l
                   x.source, x.report_id, x.incident_id, x.status, x.claimed_by, x.claimed_at
              FROM rows
              LEFT JOIN made ON made.source = rows.s AND made.report_id = rows.r
-             LEFT JOIN intake_reports x ON x.source = rows.s AND x.report_id = rows.r
-             LEFT JOIN intake_target_keys tk ON rows.lost AND rows.made_key IS NULL AND tk.target_ref = rows.t
+             LEFT JOIN LATERAL (SELECT * FROM intake_reports x
+                                 WHERE x.source = rows.s AND x.report_id = rows.r OFFSET 0) x ON true
+             LEFT JOIN LATERAL (SELECT * FROM intake_target_keys tk
+                                 WHERE rows.lost AND rows.made_key IS NULL AND tk.target_ref = rows.t OFFSET 0) tk
+                    ON true
             WHERE made.source IS NULL OR rows.lost
             ORDER BY rows.n""",
         _rows_json([
@@ -275,20 +278,22 @@ async def mark_accepted(
     await conn.execute(
         """WITH settled AS (
                UPDATE intake_reports r SET status = 'accepted', received_at = now()
-                 FROM (SELECT * FROM json_to_recordset($1::text::json) AS k(s text, i text) LIMIT $3) k
-                WHERE r.source = k.s AND r.report_id = k.i AND r.claimed_by = $2
+                WHERE r.ctid = ANY(ARRAY(
+                          SELECT x.tid FROM json_to_recordset($1::text::json) AS k(s text, i text)
+                          CROSS JOIN LATERAL (SELECT x.ctid AS tid FROM intake_reports x
+                                               WHERE x.source = k.s AND x.report_id = k.i OFFSET 0) x))
+                  AND r.claimed_by = $2
                RETURNING 1)
            INSERT INTO intake_audit (key_id, partner, action, mode, status, outcome, report_ids,
                                      accepted, duplicates, detail)
            SELECT a.key_id, a.partner, a.action, a.mode, a.status, a.outcome,
                   ARRAY(SELECT json_array_elements_text(a.report_ids)), a.accepted, a.duplicates, a.detail
-             FROM json_to_recordset($4::text::json)
+             FROM json_to_recordset($3::text::json)
                   AS a(n int, key_id text, partner text, action text, mode text, status int, outcome text,
                        report_ids json, accepted int, duplicates int, detail text)
             ORDER BY a.n""",
         _rows_json([{"s": k[0], "i": k[1]} for k in keys]),
         instance,
-        len(keys),
         _rows_json([
             {"n": n, "key_id": a.key_id, "partner": a.partner, "action": a.action, "mode": a.mode,
              "status": a.status, "outcome": a.outcome, "report_ids": list(a.report_ids), "accepted": a.accepted,
