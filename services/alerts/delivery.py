@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import smtplib
 import time
@@ -25,7 +24,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
@@ -35,7 +33,7 @@ from services.alerts.receivers import KAFKA_RECEIVER, Backoff, Receiver, Receive
 from shared.events import PRODUCER_SOURCE, EventType
 from shared.kafka import send_records, topics_for
 from shared.runtime import Supervised
-from shared.serialization import record_of
+from shared.serialization import encode_data, record_of
 from shared.settings import Settings
 from shared.telemetry import current_trace_headers
 
@@ -193,7 +191,7 @@ def kafka_sender(producer: AIOKafkaProducer, settings: Settings) -> Send:
                     subject=data["alert_id"],
                     time=sent_at,
                     key=row["fingerprint"],
-                    data_json=_json_bytes(data),
+                    data_json=encode_data(data),
                     trace_headers=trace_headers,
                 )
             )
@@ -205,13 +203,6 @@ def kafka_sender(producer: AIOKafkaProducer, settings: Settings) -> Send:
         return None
 
     return send
-
-
-def _json_bytes(data: Any) -> bytes:
-    try:
-        return orjson.dumps(data)
-    except TypeError:  # an integer beyond 64 bits: the standard library takes it
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # --- Workers ---------------------------------------------------------------------------------
