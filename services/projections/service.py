@@ -9,7 +9,6 @@ live consumer) and are skipped, so every event is applied exactly once per gener
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import asyncpg
@@ -20,7 +19,7 @@ from services.projections import store
 from services.projections.folding import LogEvent, fact_of, fold, incident_ids, target_refs
 from shared.consumer import Consumed
 from shared.events import CloudEvent
-from shared.serialization import event_data
+from shared.serialization import encode_data, event_data
 
 
 def decode(event: CloudEvent) -> BaseModel:
@@ -55,7 +54,7 @@ def _data_json(item: Consumed[BaseModel]) -> str:
     # fifteenth of the service's CPU.
     if item.data_json is not None:
         return item.data_json.decode()
-    return json.dumps(item.event.data, separators=(",", ":"), ensure_ascii=False)
+    return encode_data(item.event.data).decode()
 
 
 async def handle(conn: asyncpg.Connection, batch: Sequence[Consumed[BaseModel]]) -> None:
