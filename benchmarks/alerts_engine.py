@@ -19,7 +19,6 @@ Target: >= 5,000 events/s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import random
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
+import uvloop
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
@@ -364,7 +364,8 @@ def main() -> None:
         db_rng_state = rng.getstate()  # each path folds the same events
         for path in paths:
             rng.setstate(db_rng_state)
-            db_elapsed, db_cpu, raised, db_changes = asyncio.run(
+            # Under uvloop, as the service runs (shared/runtime.py serves with loop="uvloop").
+            db_elapsed, db_cpu, raised, db_changes = uvloop.run(
                 run_db(mix, states, args.targets, args.db_events, rng, profiler if args.profile == "db" else None, path)
             )
             label = f"{name}: handler + PostgreSQL ({path})"
