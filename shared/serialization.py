@@ -119,9 +119,17 @@ def from_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
     if value is None:
         raise PoisonEvent("record has no value")
     try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PoisonEvent(f"value is not JSON: {exc}") from exc
+        # 3x faster than the standard library (4 vs 12.6 us for a 600-byte incident); every
+        # consumer decodes every record. One difference: an integer beyond 64 bits reads as a
+        # float; no field of our events can hold one (indexes and 1-6 grades).
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        # What orjson refuses and the standard library takes (NaN, UTF-16) reads as before;
+        # what both refuse is poison with the standard library's reason.
+        try:
+            data = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PoisonEvent(f"value is not JSON: {exc}") from exc
     attrs["datacontenttype"] = hmap.get("content-type", "application/json")
     try:
         return CloudEvent(**attrs, data=data)
