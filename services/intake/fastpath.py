@@ -67,18 +67,44 @@ class NotPlain(Exception):
     """Not the plain case: the full models decide (and name the field if it is an error)."""
 
 
-def _day(value: Any, latest: str | None) -> str:
-    """A canonical ``YYYY-MM-DD`` date (returned as it is: the model dumps the same text), not
-    after ``latest`` (the same form: such dates compare as their text does)."""
-    if type(value) is not str or _DATE.match(value) is None:
-        raise NotPlain
+# Texts already checked as calendar dates (True) or not (False). A batch repeats its dates
+# (the acts' days, occurrence dates), and all the dates of a century are ~37,000: the regex
+# and ``fromisoformat`` ran ~5 times a report. Birth dates are not kept here (identity).
+_CHECKED_DAYS: dict[str, bool] = {}
+_CHECKED_PERIODS: dict[tuple[str, str], str | None] = {}
+_MAX_CHECKED = 50_000
+
+
+def _is_day(value: str) -> bool:
+    if _DATE.match(value) is None:
+        return False
     try:
         date.fromisoformat(value)
     except ValueError:
-        raise NotPlain from None
-    if latest is not None and value > latest:
+        return False
+    return True
+
+
+def _day(value: Any, latest: str | None) -> str:
+    """A canonical ``YYYY-MM-DD`` date (returned as it is: the model dumps the same text), not
+    after ``latest`` (the same form: such dates compare as their text does)."""
+    if type(value) is not str:
+        raise NotPlain
+    valid = _CHECKED_DAYS.get(value)
+    if valid is None:
+        if len(_CHECKED_DAYS) >= _MAX_CHECKED:
+            _CHECKED_DAYS.clear()
+        valid = _CHECKED_DAYS[value] = _is_day(value)
+    if not valid or (latest is not None and value > latest):
         raise NotPlain
     return value
+
+
+def _birth_day(value: Any, latest: str) -> date:
+    """A birth date, checked as :func:`_day` checks a date but never remembered."""
+    if type(value) is not str or not _is_day(value) or value > latest:
+        raise NotPlain
+    return date.fromisoformat(value)
 
 
 def _optional_text(value: Any) -> str | None:
@@ -87,27 +113,39 @@ def _optional_text(value: Any) -> str | None:
     return value
 
 
-def _occurred_on(value: Any, precision: Any, today: date) -> str:
-    """As ``models._period_start`` and then the date field: the first day of its period."""
-    if type(value) is not str or type(precision) is not str or precision not in _PRECISIONS:
-        raise NotPlain
+def _period_start(value: str, precision: str) -> str | None:
+    """The first day of the period, ``YYYY-MM-DD``; None: not the plain case."""
     match = _PARTIAL.match(value)
     if match is None:
-        raise NotPlain
+        return None
     year, month, day = match.groups()
     if 1 + (month is not None) + (day is not None) < _PARTS_NEEDED[precision]:
-        raise NotPlain
+        return None
     try:
         full = date(int(year), int(month or 1), int(day or 1))
     except ValueError:
-        raise NotPlain from None
+        return None
     if precision == "year":
         full = full.replace(month=1, day=1)
     elif precision == "month":
         full = full.replace(day=1)
-    if full > today:
-        raise NotPlain
     return full.isoformat()
+
+
+def _occurred_on(value: Any, precision: Any, latest: str) -> str:
+    """As ``models._period_start`` and then the date field: the first day of its period, not
+    after ``latest`` (today, ``YYYY-MM-DD``: years have four digits, so the texts compare as
+    the dates do)."""
+    if type(value) is not str or type(precision) is not str or precision not in _PRECISIONS:
+        raise NotPlain
+    start = _CHECKED_PERIODS.get((value, precision), "")
+    if start == "":
+        if len(_CHECKED_PERIODS) >= _MAX_CHECKED:
+            _CHECKED_PERIODS.clear()
+        start = _CHECKED_PERIODS[(value, precision)] = _period_start(value, precision)
+    if start is None or start > latest:
+        raise NotPlain
+    return start
 
 
 def _location(value: Any) -> dict[str, Any]:
@@ -129,7 +167,7 @@ def _identity(value: Any, latest: str) -> PlainIdentity | None:
     if (name is not None and len(name) > _MAX_NAME) or (name_zh is not None and len(name_zh) > _MAX_NAME):
         raise NotPlain
     birth = value.get("birth_date")
-    return PlainIdentity(name, name_zh, None if birth is None else date.fromisoformat(_day(birth, latest)))
+    return PlainIdentity(name, name_zh, None if birth is None else _birth_day(birth, latest))
 
 
 def _target(value: Any, latest: str) -> tuple[dict[str, Any], PlainIdentity | None]:
@@ -200,7 +238,7 @@ def plain_report(data: Any, today: date) -> tuple[dict[str, Any], PlainIdentity 
         if type(data) is not dict or not data.keys() <= _REPORT_FIELDS:
             return None
         latest = today.isoformat()  # no date but next_hearing_on may be after it
-        occurred_on = _occurred_on(data.get("occurred_on"), data.get("date_precision"), today)
+        occurred_on = _occurred_on(data.get("occurred_on"), data.get("date_precision"), latest)
         location = _location(data.get("location"))
         profile, identity = _target(data["target"], latest) if "target" in data else (
             {"group": "unknown", "nationality": None, "status_abroad": "unknown"}, None)
