@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -71,6 +72,19 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # aiokafka logs every reconnect attempt at ERROR; keep it to warnings of substance
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def collect_less(young: int = 50_000) -> None:
+    """For a service, once its app is built: what start-up made (FastAPI, pydantic's schemas,
+    aiokafka, the app) lives as long as the process, so it is frozen out of the cyclic
+    collector, and the youngest generation is collected only past ``young`` net new
+    containers, not 700. At the default thresholds each batch's short-lived events set off
+    collections, and the occasional full one walked every start-up object again: 19 % of the
+    projections service's CPU at 200 reports/s (3 Dec 2026). Our services make few reference
+    cycles, so the garbage they leave waits a little longer, not for ever."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young, 20, 20)
 
 
 _UVICORN_OPTIONS: dict[str, Any] = {

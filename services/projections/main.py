@@ -8,7 +8,7 @@ from services.projections import service
 from services.projections.api import router
 from services.projections.rebuild import COMPONENT, MIGRATIONS
 from shared.consumer_app import ConsumerService, create_consumer_app
-from shared.runtime import configure_logging, serve
+from shared.runtime import collect_less, configure_logging, serve
 from shared.settings import Settings, get_settings
 
 DEFAULT_PORT = 8082
@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    serve(create_app(settings), default_port=DEFAULT_PORT)
+    app = create_app(settings)
+    collect_less()
+    serve(app, default_port=DEFAULT_PORT)
 
 
 if __name__ == "__main__":
