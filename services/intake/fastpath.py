@@ -266,22 +266,19 @@ def plain_report(data: Any, today: date) -> tuple[dict[str, Any], PlainIdentity 
     return facts, identity
 
 
-def _attribute(value: str) -> bool:
-    return len(value) <= _MAX_ATTRIBUTE and "\x00" not in value
-
-
 def plain_envelope(raw: Any) -> bool:
     """True when ``binding.envelope_errors`` finds nothing, checked the short way (False: ask
     it). Extension attributes: names of lower-case letters and digits, plain values."""
     if type(raw) is not dict or raw.get("specversion") != "1.0":
         return False
+    # Each text at most 500 characters, no NUL (binding.envelope_errors), checked inline.
     for attr in _ENVELOPE_TEXT:
         value = raw.get(attr)
-        if type(value) is not str or not value.strip() or not _attribute(value):
+        if type(value) is not str or not value.strip() or len(value) > _MAX_ATTRIBUTE or "\x00" in value:
             return False
     for attr in _ENVELOPE_OPTIONAL:
         value = raw.get(attr)
-        if value is not None and (type(value) is not str or not _attribute(value)):
+        if value is not None and (type(value) is not str or len(value) > _MAX_ATTRIBUTE or "\x00" in value):
             return False
     if not raw.keys() <= _ENVELOPE_ATTRIBUTES:
         for name, value in raw.items():

@@ -42,7 +42,7 @@ from services.intake.grouping import GroupCommitter
 from services.intake.models import ErasureRequest, RetractionData
 from services.intake.partition import partition_for
 from services.intake.validation import Prepared, ReportFacts
-from services.intake.vault import new_data_key, seal_identity, unwrap_data_key, wrap_data_key
+from services.intake.vault import new_data_key, nonces, seal_identity, unwrap_data_key, wrap_data_key
 from shared.auth import Principal
 from shared.events import PRODUCER_SOURCE, CloudEvent, EventType, PartnerEventType
 from shared.problems import Problem
@@ -196,7 +196,8 @@ def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> Sealed:
     see ``store.claim``), else the identity is sealed again under the stored key."""
     out = Sealed()
     ciphers: dict[str, AESGCM] = {}
-    for p in prepared:
+    fresh = nonces(len(prepared))
+    for p, nonce in zip(prepared, fresh, strict=True):
         ref = p.target_ref
         if p.identity is None or ref is None:
             continue
@@ -208,7 +209,7 @@ def _seal_identities(ctx: IntakeContext, prepared: list[Prepared]) -> Sealed:
                 cipher = AESGCM(data_key)
                 out.candidates[ref] = (wrap_data_key(ctx.master_key, data_key, ref), cipher)
             ciphers[ref] = cipher
-        out.ciphertexts[p.key] = seal_identity(cipher, p.identity, ref)
+        out.ciphertexts[p.key] = seal_identity(cipher, p.identity, ref, nonce)
     return out
 
 

@@ -17,6 +17,7 @@ from services.intake.vault import (
     VaultError,
     master_key_from,
     new_data_key,
+    nonces,
     open_identity,
     seal_identity,
     unwrap_data_key,
@@ -76,6 +77,14 @@ def test_sealed_identities_open_only_with_their_key_and_target() -> None:
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(VaultError):
         open_identity(data_key, tampered, "tr_a")
+
+
+def test_identities_sealed_together_each_get_their_own_nonce() -> None:
+    data_key = new_data_key()
+    identity = Identity(name="Person", birth_date=date(1980, 1, 1))
+    sealed = [seal_identity(data_key, identity, "tr_a", nonce) for nonce in nonces(50)]
+    assert len({s[1:13] for s in sealed}) == 50  # AES-GCM must never reuse a nonce under a key
+    assert all(open_identity(data_key, s, "tr_a") == identity for s in sealed)
 
 
 def test_master_keys_must_be_strong() -> None:
