@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import time
 from contextlib import ExitStack
@@ -36,7 +37,7 @@ from services.alerts.lifecycle import AlertRecord, on_evaluation
 from services.alerts.main import COMPONENT, MIGRATIONS
 from services.alerts.receivers import ReceiversConfig
 from services.alerts.rules import load_rules
-from services.alerts.service import AlertsHandler, alert_id_for, decode
+from services.alerts.service import HEAP, AlertsHandler, alert_id_for, decode
 from shared.consumer import Consumed, PgOffsetConsumer, store_offsets
 from shared.db import create_pool, prepare_database
 from shared.events import (
@@ -289,6 +290,9 @@ async def run_db(
                     waited += time.perf_counter() - t
 
             consumer.drain = timed_drain  # type: ignore[method-assign]
+            rss: list[str] = []  # memory must stay bounded: evicted states freed, frozen or not
+            if path == "staged":
+                HEAP.enable()  # each committed batch's survivors frozen, as in the service
             if profiler is not None:
                 profiler.start()
             started, cpu = time.perf_counter(), time.process_time()
@@ -301,10 +305,15 @@ async def run_db(
                     async with pool.acquire() as conn, conn.transaction():
                         await handler(conn, chunk)
                         await store_offsets(conn, COMPONENT, positions)
+                if (i + 1000) % 10_000 == 0:
+                    rss.append(f"{(i + 1000) // 1000}k {_rss_mb():,.0f} MB")
             await consumer.drain()
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            HEAP.disable()
             if path == "staged":
                 print(f"{mix.name}: waited {waited:.2f}s for commits ({elapsed:.2f}s wall)", flush=True)
+            heap = f"{HEAP.full_collections} full collections, {HEAP.grown:,} objects frozen since"
+            print(f"{mix.name}: RSS after {', '.join(rss)}; {heap}", flush=True)
             if handler.fell_back:
                 print(f"{mix.name}: {handler.fell_back} staged batches folded again under lock", flush=True)
             if profiler is not None:
@@ -315,6 +324,11 @@ async def run_db(
         finally:
             await pool.close()
             await drop_database(infra.database_url, settings)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:

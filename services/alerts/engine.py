@@ -296,20 +296,23 @@ def matched_act(incident_id: str, act_index: int, type_: str, on: date | None, s
 
 @dataclass(slots=True)
 class _Row:
+    # No reference to the snapshot: the snapshot caches its rows, and a row pointing back would
+    # make every state a reference cycle (freed only by the cyclic GC, and never once frozen).
     when: date
-    incident: IncidentSnapshot
+    incident_id: str
     act_index: int  # -1 for an incident row
+    act: ActFact | None  # None for an incident row
     mask: int  # bit i set: leaf i of the rule set selects this row
     values: dict[str, str | None]  # the attributes rules count distinct values of
     matched_act: MatchedAct | None = None  # built when an alert first quotes it
 
     @property
     def matched(self) -> MatchedAct | None:
-        if self.act_index < 0:
+        act = self.act
+        if act is None:
             return None
         if self.matched_act is None:
-            act = self.incident.acts[self.act_index]
-            self.matched_act = matched_act(self.incident.incident_id, self.act_index, act.type, act.on, act.status)
+            self.matched_act = matched_act(self.incident_id, self.act_index, act.type, act.on, act.status)
         return self.matched_act
 
 
@@ -340,7 +343,7 @@ class _Compiled:
         self.filtered = sorted({f.attribute for leaf in self.leaves for f in leaf.filters})
         self._masks: dict[tuple[object, ...], int] = {}
         self._possible_cache: dict[tuple[str, int], bool] = {}
-        self._act_masks: dict[tuple[object, ...], int] = {}
+        self._act_masks: dict[tuple[object, ...], tuple[int, tuple[tuple[str, str], ...]]] = {}
         act_level = {"type", "actor", "status", *rules.derived}
         self._act_distinct = [name for name in self.distinct if name in act_level]
         self._incident_signature = _getter([n for n in self.filtered if n in INCIDENT_ATTRIBUTES])
@@ -369,25 +372,30 @@ class _Compiled:
         values: dict[str, str | None] = dict(zip(self._distinct_of_incident, self._distinct_values(inc), strict=True))
         for name in self._act_distinct:
             values[name] = None
-        rows = [_Row(inc.occurred_on, inc, -1, mask, values)]
-        act_distinct = self._act_distinct
+        incident_id = inc.incident_id
+        rows = [_Row(inc.occurred_on, incident_id, -1, None, mask, values)]
+        act_masks = self._act_masks
         for i, act in enumerate(inc.acts):
             key = (signature, act.type, act.actor, act.status)
-            act_mask = self._act_masks.get(key)
-            if act_mask is None:
-                attrs = self._attributes(inc)
-                attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
-                for name, by_type in self.rules.derived.items():
-                    attrs[name] = by_type.get(act.type)
-                act_mask = self._act_masks[key] = self._mask(attrs, is_act=True)
-            row_values = values
-            if act_distinct:
+            memo = act_masks.get(key)
+            if memo is None:
+                memo = act_masks[key] = self._act_row(inc, act)
+            act_mask, act_values = memo
+            row_values = values  # shared when the act has no value of its own to count
+            if act_values:
                 row_values = dict(values)
-                for name in act_distinct:
-                    derived = self.rules.derived.get(name)
-                    row_values[name] = derived.get(act.type) if derived is not None else getattr(act, name)
-            rows.append(_Row(act.on, inc, i, act_mask, row_values))
+                row_values.update(act_values)
+            rows.append(_Row(act.on, incident_id, i, act, act_mask, row_values))
         return rows
+
+    def _act_row(self, inc: IncidentSnapshot, act: ActFact) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """An act row's mask, and the act-level values rules count that it has (not None)."""
+        attrs = self._attributes(inc)
+        attrs["type"], attrs["actor"], attrs["status"] = act.type, act.actor, act.status
+        for name, by_type in self.rules.derived.items():
+            attrs[name] = by_type.get(act.type)
+        own = tuple((name, value) for name in self._act_distinct if (value := attrs.get(name)) is not None)
+        return self._mask(attrs, is_act=True), own
 
     def _values(self, attrs: dict[str, str | None]) -> dict[str, str | None]:
         return {name: attrs.get(name) for name in self.distinct}
@@ -538,7 +546,7 @@ _WHEN = attrgetter("when")
 
 
 def _order(row: _Row) -> tuple[date, str, int]:
-    return row.when, row.incident.incident_id, row.act_index
+    return row.when, row.incident_id, row.act_index
 
 
 # --- Folding ---------------------------------------------------------------------------------
@@ -611,7 +619,7 @@ class Engine:
             incidents.pop(changed_id, None)
         rows = self._sorted_rows(state)
         if before is not None:
-            rows = [r for r in rows if r.incident is not before]
+            rows = [r for r in rows if r.incident_id != changed_id]
         if isinstance(change, Upsert):
             rows = list(rows) if before is None else rows
             for row in self.rows(change.incident):
@@ -672,7 +680,7 @@ class Engine:
         keep_acts = set(memo.acts)
         known = set(memo.incident_ids)
         if all(
-            (r.incident.incident_id, r.act_index) in keep_acts or (r.act_index < 0 and r.incident.incident_id in known)
+            (r.incident_id, r.act_index) in keep_acts or (r.act_index < 0 and r.incident_id in known)
             for r in witness
         ):
             return None
@@ -709,7 +717,7 @@ class Engine:
             return memo, None
         if not witness:
             return None
-        by_id = {r.incident.incident_id: r.incident for r in witness}
+        by_id = {r.incident_id: incidents[r.incident_id] for r in witness}
         ordered = sorted(by_id.values(), key=lambda i: (i.received_at, i.incident_id))
         deadline, deadline_as_of = None, None
         if rule.deadline == "next_hearing_on":
@@ -719,7 +727,7 @@ class Engine:
                 deadline, deadline_as_of = with_hearing[-1].next_hearing_on, with_hearing[-1].received_at
         found = FindingMemo(
             incident_ids=tuple(sorted(by_id)),
-            acts=tuple((r.incident.incident_id, r.act_index) for r in witness if r.act_index >= 0),
+            acts=tuple((r.incident_id, r.act_index) for r in witness if r.act_index >= 0),
             deadline=deadline,
         )
         if found == memo:
@@ -760,7 +768,7 @@ class Engine:
                 del state.incidents[incident_id]
                 dropped = True
         if dropped and state.rows_cache is not None:
-            state.rows_cache = [r for r in state.rows_cache if r.incident.incident_id in state.incidents]
+            state.rows_cache = [r for r in state.rows_cache if r.incident_id in state.incidents]
 
 
 def _summary(

@@ -57,6 +57,7 @@ def main() -> None:
     # The rule state held in memory is millions of long-lived objects: full collections of
     # them are what the default thresholds spend most time on (see benchmarks/alerts_engine).
     gc.set_threshold(100_000, 50, 100)
+    service.HEAP.enable()  # what each committed batch leaves is frozen (see HeapFreezer)
     serve(create_app(settings), default_port=DEFAULT_PORT)
 
 

@@ -4,7 +4,9 @@ transaction out (rule state, alerts, their history, the outbox, and the consumer
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -159,6 +161,72 @@ def _items(batch: Sequence[Consumed[BaseModel]]) -> list[IncidentClassified | In
 def _incident_id(value: IncidentClassified | IncidentRetracted) -> str:
     return value.incident.incident_id if isinstance(value, IncidentClassified) else value.incident_id
 
+
+class HeapFreezer:
+    """After each committed batch, what it left in memory (the cached states, mostly) leaves
+    the cyclic GC's generations (``gc.freeze``): gen-0 collections no longer scan the
+    ~100,000 new long-lived objects of every batch (10-15 % of the service's CPU). Safe
+    because key states hold no reference cycles (a test holds it): an evicted state is freed
+    by reference counting, frozen or not.
+
+    Cyclic garbage made elsewhere in the process (API requests, delivery, exceptions) would
+    stay frozen, so a full collection runs once the objects frozen since the last one
+    outnumber those it left (and ``floor``), at most every ``interval`` seconds: memory stays
+    within about twice what is live plus a minute's leaked garbage (none measured per batch).
+    Objects are counted from the GC's gen-0 counter (tracked allocations less deallocations),
+    read at each freeze and before each automatic collection: counting the frozen objects
+    walks them all (0.47 s with the benchmark's seeded state in the process).
+
+    Between freezes the young generation holds little but the batch in flight (~200,000
+    objects on the realistic mix, all alive: gen-0 collections at the usual 100,000 found
+    nothing to free, 14 per 10,000 events, 0.66-0.9 CPU-s), so ``enable`` raises the gen-0
+    threshold above a batch's worth. Off unless the service's ``main`` turns it on (and the
+    benchmark, which runs the handler as the service does)."""
+
+    def __init__(self, *, floor: int = 1_000_000, interval: float = 60.0) -> None:
+        self.enabled = False
+        self.floor = floor  # objects frozen before a full collection is worth its pause
+        self.interval = interval
+        self.grown = 0  # tracked objects frozen (or collected young) since the last full collection
+        self.collect_above = floor
+        self._thresholds: tuple[int, int, int] | None = None
+        self.full_collections = 0
+        self.last_full: float | None = None  # monotonic time of the last (or the first batch)
+        gc.callbacks.append(self._on_collection)
+
+    def enable(self, young: int = 1_000_000) -> None:
+        self.enabled = True
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(young, *self._thresholds[1:])
+
+    def disable(self) -> None:
+        self.enabled = False
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and self.last_full is not None:
+            self.grown += gc.get_count()[0]  # those that survive move on, to be frozen later
+
+    def after_batch(self) -> None:
+        if not self.enabled:
+            return
+        self.grown += gc.get_count()[0]
+        gc.freeze()
+        now = time.monotonic()
+        if self.last_full is None:
+            self.last_full = now
+        elif self.grown > self.collect_above and now - self.last_full >= self.interval:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self.full_collections += 1
+            self.grown = 0
+            self.last_full = time.monotonic()
+            self.collect_above = max(gc.get_freeze_count(), self.floor)
+
+
+HEAP = HeapFreezer()
 
 _YIELD_EVERY = 32  # items folded between yields, so the previous batch's statements go on
 
@@ -365,9 +433,9 @@ class StagedBatch:
             await store.announce(conn, await store.write_changes(conn, self.encoded))
 
     def committed(self) -> None:
-        if self.fell_back:
-            return  # the sequential path counted and cached its own results
-        self.handler._committed(self)
-        for change in self.changes:
-            ALERT_CHANGES.labels(change.record.rule, change.kind.value).inc()
-            log.info("alert %s %s (%s)", change.kind.value, change.record.alert_id, change.record.rule)
+        if not self.fell_back:  # else the sequential path counted and cached its own results
+            self.handler._committed(self)
+            for change in self.changes:
+                ALERT_CHANGES.labels(change.record.rule, change.kind.value).inc()
+                log.info("alert %s %s (%s)", change.kind.value, change.record.alert_id, change.record.rule)
+        HEAP.after_batch()

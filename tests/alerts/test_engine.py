@@ -385,10 +385,10 @@ _ACT_TYPES = [
 ]
 
 
-class _NoMemo(dict[tuple[object, ...], int]):
+class _NoMemo(dict[Any, Any]):
     """A memo that never remembers: every act mask is computed from the row's attributes."""
 
-    def __setitem__(self, key: tuple[object, ...], value: int) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         pass
 
 
@@ -454,3 +454,33 @@ def test_matched_acts_are_the_models_pydantic_would_construct() -> None:
         assert fast == slow and fast.model_fields_set == slow.model_fields_set
         assert fast.model_dump(mode="json") == slow.model_dump(mode="json")
         assert fast.model_copy(update={"act_index": 3}).act_index == 3 and fast.act_index == 2
+
+
+def test_key_states_hold_no_reference_cycles() -> None:
+    """Key states are freed by reference counting once dropped (evicted from the cache): the
+    service freezes what survives each batch (``gc.freeze``), and frozen cycles would never be
+    collected."""
+    import gc
+
+    world = World()
+    rome = {"country": "IT", "city": "Rome"}
+    reports = [
+        report([("interpol_red_notice", "2025-01-01", "carried_out")], location=rome),
+        report([("family_threatened", "2025-02-01", "carried_out")], location=rome),
+        report([("overseas_police_station_contact", "2025-02-03", "carried_out")], location=rome),
+    ]
+    gc.collect()
+    gc.disable()  # only the collection below may find cycles
+    try:
+        for n in range(30):
+            world.apply(Upsert(snapshot(f"c{n}", reports[n % 3], target_ref=f"t{n % 4}", minute=n)))
+        world.apply(Removal("c3"))
+        assert world.open  # alerts raised: witnesses, memos and matched acts were built
+        # Cold states as the service reads them, folded again.
+        states = {k: KeyState.from_json(json.loads(json.dumps(s.to_json()))) for k, s in world.states.items()}
+        for key, state in states.items():
+            world.engine.fold(key, state, Upsert(snapshot("late", reports[0], target_ref="t0", minute=99)), None)
+        del world, states, state
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
