@@ -410,14 +410,17 @@ class StagedBatch:
         handler = self.handler
         if not self.state_versions and not self.filings:
             return
-        # Lock what this batch built on and check it is what it read (the watermark lock
-        # serialises replicas, as in the sequential path).
+        # Check that what this batch built on is what it read, under locks: the watermark's
+        # (it serialises replicas, as in the sequential path, and every state write), the
+        # alerts' (monitors ack them without it), and the states' versions checked by the
+        # statement that writes them.
         await store.load_watermark(conn)
-        locked = await store.lock_state_versions(conn, list(self.state_versions))
-        stale = not self.current or any(locked.get(k) != v for k, v in self.state_versions.items())
+        stale = not self.current
         if not stale and self.alert_revisions:
             revisions = await store.lock_alert_revisions(conn, list(self.alert_revisions))
             stale = any(revisions.get(f) != r for f, r in self.alert_revisions.items())
+        if not stale:
+            stale = bool(await store.write_states_if_current(conn, self.state_writes, self.state_versions))
         if stale:
             handler.discard()
             handler.fell_back += 1
@@ -425,7 +428,6 @@ class StagedBatch:
             log.info("staged batch built on stale state; folding it again under lock")
             await handler(conn, self.batch)
             return
-        await store.write_states(conn, self.state_writes)
         await store.save_filings(conn, self.filings)
         if self.watermark is not None:
             await store.save_watermark(conn, self.watermark)

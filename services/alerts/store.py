@@ -121,15 +121,6 @@ async def read_states(
     return found
 
 
-async def lock_state_versions(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, uuid.UUID | None]:
-    """Lock the rows of ``keys`` (FOR UPDATE) and return their version tokens."""
-    rows = await conn.fetch(
-        "SELECT key, version FROM rule_state WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE",
-        sorted(keys),
-    )
-    return {r["key"]: r["version"] for r in rows}
-
-
 @dataclass(frozen=True)
 class StateWrites:
     """A batch's state writes, encoded while the previous batch commits."""
@@ -153,19 +144,37 @@ def new_versions(count: int) -> list[uuid.UUID]:
     return [PgUUID(randomness[n : n + 16]) for n in range(0, 16 * count, 16)]
 
 
-async def write_states(conn: asyncpg.Connection, writes: StateWrites) -> None:
-    if writes.deleted:
-        await conn.execute("DELETE FROM rule_state WHERE key = ANY($1::text[])", writes.deleted)
-    if writes.keys:
-        await conn.execute(
-            """INSERT INTO rule_state (key, state, version)
-               SELECT k, s::jsonb, v FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(k, s, v)
+async def write_states_if_current(
+    conn: asyncpg.Connection, writes: StateWrites, expected: dict[str, uuid.UUID | None]
+) -> list[str]:
+    """Write a staged batch's states if every touched state still has the version the batch
+    folded on (None: no row); else write nothing and return the keys that changed.
+
+    One statement, no ``SELECT … FOR UPDATE`` of the touched rows first: the caller holds the
+    watermark row's lock, which every writer of ``rule_state`` takes before writing, so the
+    statement's snapshot is the truth until this transaction ends (replay's TRUNCATE takes
+    the whole table's lock)."""
+    rows = await conn.fetch(
+        """WITH stale AS MATERIALIZED (
+               SELECT e.k FROM unnest($1::text[], $2::uuid[]) AS e(k, v) LEFT JOIN rule_state s ON s.key = e.k
+                WHERE s.version IS DISTINCT FROM e.v),
+           deleted AS (
+               DELETE FROM rule_state WHERE key = ANY($3::text[]) AND NOT EXISTS (SELECT FROM stale)),
+           written AS (
+               INSERT INTO rule_state (key, state, version)
+               SELECT k, s::jsonb, v FROM unnest($4::text[], $5::text[], $6::uuid[]) AS t(k, s, v)
+                WHERE NOT EXISTS (SELECT FROM stale)
                ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
-                   updated_at = now()""",
-            writes.keys,
-            writes.states,
-            writes.versions,
-        )
+                   updated_at = now())
+           SELECT k FROM stale""",
+        list(expected),
+        list(expected.values()),
+        writes.deleted,
+        writes.keys,
+        writes.states,
+        writes.versions,
+    )
+    return [r["k"] for r in rows]
 
 
 async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cache: StateCache | None = None) -> None:

@@ -276,3 +276,32 @@ async def test_a_failed_commit_hands_nothing_on(two_pools: tuple[asyncpg.Pool, a
 
     await sequential(sequential_pool, AlertsHandler(engine, RECEIVERS), events, 100)
     assert await everything(staged_pool) == await everything(sequential_pool)
+
+
+async def test_a_state_written_by_another_replica_meanwhile_is_folded_on(
+    two_pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """The staged batch's state writes check the versions it folded on: a state another
+    replica wrote in between makes the batch fold again on it, and nothing of the stale fold
+    is written."""
+    pool, _ = two_pools
+    engine = Engine(load_rules())
+    handler, other_replica = AlertsHandler(engine, RECEIVERS), AlertsHandler(engine, RECEIVERS)
+    day = date(2025, 3, 1)
+    first = one(0, classified("r1", "t1", [("interpol_red_notice", day)], city=None, second=0))
+    await feed_all(consumer(pool, handler), first, 1)
+    staged = await handler.stage(
+        pool, one(2, classified("r3", "t1", [("extradition_request", day + timedelta(days=9))], city=None, second=2))
+    )
+    async with pool.acquire() as conn, conn.transaction():  # the other replica, meanwhile
+        await other_replica(conn, one(1, classified("r2", "t1", [("family_threatened", day)], city=None, second=1)))
+    async with pool.acquire() as conn, conn.transaction():
+        await staged.apply(conn)
+    staged.committed()
+
+    assert handler.fell_back == 1
+    state = await pool.fetchval("SELECT state FROM rule_state WHERE key = 'target_ref:t1'")
+    assert sorted(state["incidents"]) == ["r1", "r2", "r3"]
+    alerts = await store.list_alerts(pool, status=None, severity=None, target_ref="t1")
+    (r1,) = [a for a in alerts if a.rule == "R1_extradition_with_family_pressure"]
+    assert r1.incident_ids == ("r1", "r2", "r3")  # raised by the other replica, updated by r3
