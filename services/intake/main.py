@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from services.intake.service import IntakeContext, stop_background
 from services.intake.vault import master_key_from
 from shared.db import create_pool, prepare_database
 from shared.kafka import ensure_topics, make_producer, topics_for
-from shared.runtime import configure_logging, serve
+from shared.runtime import collect_less, configure_logging, serve
 from shared.settings import Settings, get_settings
 from shared.telemetry import setup_tracing
 from shared.web import ReadinessCheck, create_service_app, pool_check
@@ -134,26 +133,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _tune_gc() -> None:
-    """Parsing a batch allocates thousands of containers, which set off collections that walk
-    every object of the process (FastAPI, pydantic's schemas, aiokafka): measured ~13 µs an
-    event. The start-up objects live for ever, so they are frozen out of the collector, and
-    the youngest generation is collected only past 50,000 net new containers (intake makes
-    few reference cycles): at 7,000, eight concurrent batches of 100 crossed it every few
-    requests and each collection walked all of their live events (3 Dec 2026: batches
-    3,788 / 3,968 -> 6,048 / 4,717 events per CPU-second, alternated)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def worker_app() -> FastAPI:
     """The app of one of several worker processes (``TNR_INTAKE_WORKERS`` > 1): uvicorn calls
     this in each worker."""
     settings = get_settings()
     configure_logging(settings.log_level)
     app = create_app(settings)
-    _tune_gc()
+    collect_less()
     return app
 
 
@@ -167,7 +153,7 @@ def main() -> None:
               app_factory="services.intake.main:worker_app")
         return
     app = create_app(settings)
-    _tune_gc()
+    collect_less()
     serve(app, default_port=DEFAULT_PORT)
 
 
