@@ -200,6 +200,9 @@ def event(source: str, n: int, run: str) -> dict[str, object]:
 
 
 async def run(rate: float, seconds: float, warmup: float) -> None:
+    # Before anything of ours runs: whether other work shared the cores (runs beside other
+    # benchmarks gave p99 two to five times those on a quiet machine, docs/alerts.md).
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with ExitStack() as stack:
         infra = start_infra(stack)
         settings = await isolated_settings(
@@ -347,7 +350,7 @@ async def run(rate: float, seconds: float, warmup: float) -> None:
             print(
                 f"\nrate {rate:.0f}/s, achieved {achieved:.1f}/s; {len(sent)} reports, {len(latencies)} alerts, "
                 f"{missing} missing, {failures} failed posts ({retries} re-posted after a dropped connection); "
-                f"load generator CPU {client_cpu:.0%} of a core"
+                f"load generator CPU {client_cpu:.0%} of a core; load average before the run: {load}"
             )
             print(f"{'span':<34}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}")
             spans = (
