@@ -100,22 +100,21 @@ async def send_events(
     round trip for the lot instead of one each. Records with the same key keep their order
     (same partition; the idempotent producer never reorders a partition's batches)."""
     tracer = trace.get_tracer("tnrwatch.kafka")
-    acks = []
+    records = []
     for event, key in events:
+        # A producer span per event: its context travels in the record's headers.
         with tracer.start_as_current_span(
             f"send {topic}", kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                         "cloudevents.event_type": event.type},
         ):
-            record = to_record(event, key=key, trace_headers=current_trace_headers())
-            acks.append(await producer.send(topic, record.value, key=record.key, headers=record.headers))
-    if acks:
-        await asyncio.gather(*acks)
+            records.append(to_record(event, key=key, trace_headers=current_trace_headers()))
+    await send_records(producer, topic, records)
 
 
 async def send_records(producer: AIOKafkaProducer, topic: str, records: Sequence[KafkaRecord]) -> None:
-    """Records already built (:func:`shared.serialization.record_of`), all in flight at once and
-    acknowledged together, as :func:`send_events` does."""
+    """Records already built (:func:`send_events`, or :func:`shared.serialization.record_of`),
+    all in flight at once and acknowledged together."""
     acks = [await producer.send(topic, r.value, key=r.key, headers=r.headers) for r in records]
     if acks:
         await asyncio.gather(*acks)

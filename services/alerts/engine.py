@@ -397,9 +397,6 @@ class _Compiled:
         own = tuple((name, value) for name in self._act_distinct if (value := attrs.get(name)) is not None)
         return self._mask(attrs, is_act=True), own
 
-    def _values(self, attrs: dict[str, str | None]) -> dict[str, str | None]:
-        return {name: attrs.get(name) for name in self.distinct}
-
     def _mask(self, attrs: dict[str, str | None], *, is_act: bool) -> int:
         # Memoised on the values the filters look at: rows repeat the same few combinations.
         signature = (is_act, *map(attrs.get, self.filtered))
