@@ -10,6 +10,12 @@ local stack's broker and PostgreSQL (.run/stack.env), then measures in one run:
 - a bare aiokafka producer (acks=all, idempotent) sending the same records intake wrote
   (same keys, headers and bytes) to a topic of its own: the limit intake cannot beat.
 Targets (issue 3): single posts >= 1,500/s; batches >= half the bare producer's rate.
+
+A second table accounts for the whole machine's CPU in each phase, per event: intake, the
+local stack's PostgreSQL (every backend) and broker, the load generator (this process: in the
+last phase, the bare producer), anything else, and how many of the cores were busy, idle or
+stolen by the hypervisor (/proc/stat). Idle cores in a phase: intake waited rather than
+worked (concurrency is the lever); none: CPU per event is.
 """
 
 from __future__ import annotations
@@ -61,6 +67,50 @@ def process_cpu(pid: int) -> dict[int, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(process_cpu(pid).values())
+
+
+def _machine_ticks() -> tuple[int, int, int]:
+    """Busy, idle and stolen ticks of all CPUs together (/proc/stat's first line)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, idle + iowait, steal
+
+
+class CpuAccount:
+    """The whole machine's CPU during one phase: intake (all its processes), PostgreSQL (the
+    local stack's postmaster and every backend, those started meanwhile too), the broker,
+    this process (the load generator) and the rest (/proc; CPU seconds)."""
+
+    def __init__(self, intake_pid: int, client: bool = True) -> None:
+        self.intake_pid, self.client = intake_pid, client  # client False: intake is this process
+        self.started = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        from benchmarks.alerts_latency import local_servers, schedstat  # it imports this module
+
+        servers = local_servers()
+        pg = {p: schedstat([p])[0] for p in servers.get("postgres", [])}
+        return {"intake": process_cpu(self.intake_pid), "postgres": pg,
+                "broker": schedstat(servers["kafka"])[0] if "kafka" in servers else 0.0,
+                "client": time.process_time() if self.client else 0.0, "machine": _machine_ticks(),
+                "wall": time.perf_counter()}
+
+    def close(self, events: int, what: str) -> tuple[str, list[float], tuple[float, float, float]]:
+        """(phase, CPU µs an event of intake, PostgreSQL, broker, client, other; busy, idle
+        and stolen cores)."""
+        a, b = self.started, self._read()
+        tick = os.sysconf("SC_CLK_TCK")
+        intake = sum(b["intake"][p] - a["intake"].get(p, 0.0) for p in b["intake"])
+        pg = sum(b["postgres"][p] - a["postgres"].get(p, 0.0) for p in b["postgres"])
+        broker, client = b["broker"] - a["broker"], b["client"] - a["client"]
+        busy, idle, steal = ((y - x) / tick for x, y in zip(a["machine"], b["machine"], strict=True))
+        wall = b["wall"] - a["wall"]
+        other = max(busy - intake - pg - broker - client, 0.0)
+        per_event = [v / events * 1e6 for v in (intake, pg, broker, client, other)]
+        return what, per_event, (busy / wall, idle / wall, steal / wall)
+
+
+ACCOUNTS: list[tuple[str, list[float], tuple[float, float, float]]] = []
 
 
 def events(prefix: str, count: int) -> list[dict[str, Any]]:
@@ -228,8 +278,10 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
     try:
         await (await producer.send(topic, b"warm-up"))
         started, cpu = time.perf_counter(), time.process_time()
+        account = CpuAccount(os.getpid(), client=False)  # the producer: this process
         futures = [await producer.send(topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
         await asyncio.gather(*futures)
+        ACCOUNTS.append(account.close(len(records), "bare aiokafka producer"))
         return len(records) / (time.perf_counter() - started), len(records) / (time.process_time() - cpu)
     finally:
         await producer.stop()
@@ -243,7 +295,9 @@ async def batch_phase(port: int, key: str, pid: int, prefix: str, batches: int, 
     profiler.start(prefix)
     sums = _metric_sums(port)
     before = process_cpu(pid)
+    account = CpuAccount(pid)
     elapsed, statuses, accepted = await drive(port, requests, connections)
+    ACCOUNTS.append(account.close(batches * 100, f"batches of 100, {workers}"))
     profiler.stop()
     waits = waits_note(sums, _metric_sums(port))
     assert statuses == {202: batches} and accepted == batches * 100, statuses
@@ -289,7 +343,9 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
         profiler.start("single")
         sums = _metric_sums(port)
         cpu = cpu_seconds(pid)
+        account = CpuAccount(pid)
         elapsed, statuses, accepted = await drive(port, singles, connections)
+        ACCOUNTS.append(account.close(single, "single posts (structured)"))
         profiler.stop()
         waits = waits_note(sums, _metric_sums(port))
         assert statuses == {202: single} and accepted == single, statuses
@@ -345,6 +401,14 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     print(f"single posts (1 worker) vs target 1,500/s: {'MET' if single_rate >= 1500 else 'NOT MET'}")
     print(f"best batches vs half the bare producer ({raw / 2:,.0f}/s): "
           f"{'MET' if batch_rate >= raw / 2 else 'NOT MET'} ({batch_rate / raw:.0%} of the bare producer)")
+    print(f"\nthe machine's CPU in each phase, µs an event ({os.cpu_count()} cores: busy / idle / stolen)")
+    print(f"{'phase':<36} {'intake':>7} {'postgres':>8} {'broker':>7} {'client':>7} {'other':>6} {'all':>7}  cores")
+    print("-" * 90)
+    for what, (intake, pg, broker, client, other), (busy, idle, steal) in ACCOUNTS:
+        print(f"{what:<36} {intake:>7,.0f} {pg:>8,.0f} {broker:>7,.0f} {client:>7,.0f} {other:>6,.0f} "
+              f"{intake + pg + broker + client + other:>7,.0f}  {busy:.2f} / {idle:.2f} / {steal:.2f}")
+    print("(bare producer: 'intake' is the producer, this process; 'client' is then 0. CPU per event of")
+    print(" each process = the CPU rate it needs: all / 1e6 events per CPU-second of the machine)")
 
 
 if __name__ == "__main__":
