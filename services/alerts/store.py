@@ -73,7 +73,7 @@ async def load_states(
     known = [k for k in keys if k in cached]
     rows = await conn.fetch(
         """SELECT s.key, s.version,
-                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state::text END AS state
+                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state END AS state
              FROM rule_state s LEFT JOIN unnest($2::text[], $3::uuid[]) AS c(key, version) ON c.key = s.key
             WHERE s.key = ANY($1::text[]) ORDER BY s.key FOR UPDATE OF s""",
         list(keys),
@@ -88,7 +88,7 @@ async def load_states(
             states[key] = hit
         else:
             if raw is None:  # not reached (no JSON only when the cache holds that version); safe anyway
-                raw = await conn.fetchval("SELECT state::text FROM rule_state WHERE key = $1", key)
+                raw = await conn.fetchval("SELECT state FROM rule_state WHERE key = $1", key)
             states[key] = KeyState.from_json(orjson.loads(raw))
     return states
 
@@ -102,7 +102,7 @@ async def read_states(
     known = [k for k in keys if k in cached]
     rows = await conn.fetch(
         """SELECT s.key, s.version,
-                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state::text END AS state
+                  CASE WHEN c.version IS NULL OR s.version IS DISTINCT FROM c.version THEN s.state END AS state
              FROM rule_state s LEFT JOIN unnest($2::text[], $3::uuid[]) AS c(key, version) ON c.key = s.key
             WHERE s.key = ANY($1::text[])""",
         list(keys),
@@ -115,7 +115,7 @@ async def read_states(
         hit = cache.get(key, version) if raw is None else None
         if hit is None:
             if raw is None:  # the cache entry went between the query and here; read it again
-                raw = await conn.fetchval("SELECT state::text FROM rule_state WHERE key = $1", key)
+                raw = await conn.fetchval("SELECT state FROM rule_state WHERE key = $1", key)
             hit = KeyState.from_json(orjson.loads(raw)) if raw is not None else KeyState()
         found[key] = (version, hit)
     return found
@@ -162,7 +162,7 @@ async def write_states_if_current(
                DELETE FROM rule_state WHERE key = ANY($3::text[]) AND NOT EXISTS (SELECT FROM stale)),
            written AS (
                INSERT INTO rule_state (key, state, version)
-               SELECT k, s::jsonb, v FROM unnest($4::text[], $5::text[], $6::uuid[]) AS t(k, s, v)
+               SELECT k, s, v FROM unnest($4::text[], $5::text[], $6::uuid[]) AS t(k, s, v)
                 WHERE NOT EXISTS (SELECT FROM stale)
                ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
                    updated_at = now())
@@ -186,7 +186,7 @@ async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cac
     if versions:
         await conn.execute(
             """INSERT INTO rule_state (key, state, version)
-               SELECT k, s::jsonb, v FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(k, s, v)
+               SELECT k, s, v FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(k, s, v)
                ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, version = EXCLUDED.version,
                    updated_at = now()""",
             list(versions),

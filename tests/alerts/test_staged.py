@@ -6,6 +6,7 @@ handed to the next batch."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -300,7 +301,7 @@ async def test_a_state_written_by_another_replica_meanwhile_is_folded_on(
     staged.committed()
 
     assert handler.fell_back == 1
-    state = await pool.fetchval("SELECT state FROM rule_state WHERE key = 'target_ref:t1'")
+    state = json.loads(await pool.fetchval("SELECT state FROM rule_state WHERE key = 'target_ref:t1'"))
     assert sorted(state["incidents"]) == ["r1", "r2", "r3"]
     alerts = await store.list_alerts(pool, status=None, severity=None, target_ref="t1")
     (r1,) = [a for a in alerts if a.rule == "R1_extradition_with_family_pressure"]
