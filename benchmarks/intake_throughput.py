@@ -113,6 +113,22 @@ class CpuAccount:
 ACCOUNTS: list[tuple[str, list[float], tuple[float, float, float]]] = []
 
 
+async def heap_only_share(settings: Settings) -> str:
+    """The share of intake_reports' updates (settlements) PostgreSQL made heap-only, whole run."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await asyncio.sleep(0.6)  # backends report their statistics within half a second
+        row = await conn.fetchrow("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                  "WHERE relname = 'intake_reports'")
+    finally:
+        await conn.close()
+    if row is None or not row["n_tup_upd"]:
+        return "no updates"
+    return f"{row['n_tup_hot_upd'] / row['n_tup_upd']:.0%} of {row['n_tup_upd']}"
+
+
 def events(prefix: str, count: int) -> list[dict[str, Any]]:
     base = json.loads(DATA.read_text().splitlines()[0])["event"]
     out = []
@@ -384,6 +400,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     records = [r for r in await written_records(settings) if b"batch-" in r.value]
     raw, raw_cpu = await bare_producer_rate(settings, records)
     rows.append(("bare aiokafka producer, same bytes", len(records), raw, raw_cpu, "acks=all, idempotent"))
+    hot = await heap_only_share(settings)
     await drop_database(infra.database_url, settings)
     await drop_topics(settings)
 
@@ -409,6 +426,7 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
               f"{intake + pg + broker + client + other:>7,.0f}  {busy:.2f} / {idle:.2f} / {steal:.2f}")
     print("(bare producer: 'intake' is the producer, this process; 'client' is then 0. CPU per event of")
     print(" each process = the CPU rate it needs: all / 1e6 events per CPU-second of the machine)")
+    print(f"settlements that were heap-only updates of intake_reports (no index entries): {hot}")
 
 
 if __name__ == "__main__":
