@@ -200,7 +200,7 @@ async def save_states(conn: asyncpg.Connection, states: dict[str, KeyState], cac
 
 def _json_text_array(column: str) -> str:
     """SQL turning a JSON array of strings in ``column`` into text[], in order."""
-    return f"ARRAY(SELECT e FROM jsonb_array_elements_text({column}::jsonb) WITH ORDINALITY AS x(e, n) ORDER BY n)"
+    return f"ARRAY(SELECT e FROM json_array_elements_text({column}::json) WITH ORDINALITY AS x(e, n) ORDER BY n)"
 
 
 @dataclass
@@ -361,7 +361,7 @@ async def _upsert_alert_columns(conn: asyncpg.Connection, columns: list[list[Any
     params = ", ".join(f"${n}::{t.strip()}" for n, t in enumerate(_ALERT_ARRAY_TYPES.split(","), start=1))
     await conn.execute(
         f"""INSERT INTO alerts ({_ALERT_COLUMNS})
-            SELECT c1, c2, c3, c4, c5, c6, c7, {_json_text_array("c8")}, c9::jsonb,
+            SELECT c1, c2, c3, c4, c5, c6, c7, {_json_text_array("c8")}, c9::json,
                    c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, now()
               FROM unnest({params}) AS t(c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
                                          c16, c17, c18, c19, c20, c21, c22)
@@ -485,7 +485,7 @@ async def write_changes(conn: asyncpg.Connection, encoded: EncodedChanges) -> li
     ]
     await conn.execute(
         """INSERT INTO alert_changes (change_id, alert_id, fingerprint, revision, kind, notify_key, silenced, payload)
-           SELECT c, a, f, r, k, n, s, p::jsonb
+           SELECT c, a, f, r, k, n, s, p::json
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bool[],
                          $8::text[]) AS t(c, a, f, r, k, n, s, p)""",
         change_ids,
@@ -500,7 +500,8 @@ async def write_changes(conn: asyncpg.Connection, encoded: EncodedChanges) -> li
     if encoded.outbox_receivers:
         await conn.execute(
             """INSERT INTO outbox (receiver, fingerprint, notify_key, payload)
-               SELECT r, f, n, p::jsonb || jsonb_build_object('change_id', ($5::bigint[])[i + 1])
+               -- change_id spliced in as text (p is a non-empty JSON object): no parse into jsonb
+               SELECT r, f, n, ('{"change_id":' || ($5::bigint[])[i + 1] || ',' || substr(p, 2))::json
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::int[]) WITH ORDINALITY
                       AS t(r, f, n, p, i, o)
                 ORDER BY o  -- outbox_id order is delivery order

@@ -185,7 +185,7 @@ async def everything(pool: asyncpg.Pool) -> dict[str, Any]:
     )
     outbox = await pool.fetch(  # the clock at resolution differs between runs
         """SELECT receiver, fingerprint, notify_key,
-                  (payload - 'change_id' #- '{alert,resolved_at}' #- '{alert,acknowledged_at}')::text AS payload
+                  (payload::jsonb - 'change_id' #- '{alert,resolved_at}' #- '{alert,acknowledged_at}')::text AS payload
              FROM outbox ORDER BY outbox_id"""
     )
     states = await pool.fetch("SELECT key, state::text FROM rule_state ORDER BY key")
