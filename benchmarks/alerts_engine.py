@@ -39,7 +39,7 @@ from services.alerts.main import COMPONENT, MIGRATIONS
 from services.alerts.receivers import ReceiversConfig
 from services.alerts.rules import load_rules
 from services.alerts.service import HEAP, AlertsHandler, alert_id_for, decode
-from services.alerts.store import dumps
+from services.alerts.store import dumps, new_versions
 from shared.consumer import Consumed, PgOffsetConsumer, store_offsets
 from shared.db import create_pool, prepare_database
 from shared.events import (
@@ -237,6 +237,7 @@ async def run_db(
     rng: random.Random,
     profiler: Any = None,
     path: str = "staged",
+    restore: bool = True,
 ) -> tuple[float, float, float | None, int, int]:
     """Wall seconds, this process's CPU seconds, PostgreSQL's CPU seconds in the same window
     (None unless it is the local stack's), alerts raised, alert changes recorded."""
@@ -247,11 +248,20 @@ async def run_db(
         try:
             await prepare_database(pool, COMPONENT, MIGRATIONS)
             engine = Engine(load_rules())
-            await pool.executemany(
-                "INSERT INTO rule_state (key, state) VALUES ($1, $2)",
-                [(k, dumps(s.to_json())) for k, s in states.items()],
+            await pool.executemany(  # as the store writes them: each with its version token
+                "INSERT INTO rule_state (key, state, version) VALUES ($1, $2, $3)",
+                [
+                    (k, dumps(s.to_json()), v)
+                    for (k, s), v in zip(states.items(), new_versions(len(states)), strict=True)
+                ],
             )
             handler = AlertsHandler(engine, ReceiversConfig())
+            if path == "staged":
+                HEAP.enable()  # each committed batch's survivors frozen, as in the service
+            if restore:  # as the service does beside its consumer at start-up
+                t = time.perf_counter()
+                restored = await handler.restore(pool)
+                print(f"{mix.name}: restored {restored:,} states in {time.perf_counter() - t:.1f}s", flush=True)
             envelope = CloudEvent(id="bench", source="urn:bench", type="org.tnrwatch.incident.classified.v1")
             classification = Classification(classifier_version="bench")
             batch: list[Consumed[BaseModel]] = [
@@ -294,8 +304,6 @@ async def run_db(
 
             consumer.drain = timed_drain  # type: ignore[method-assign]
             rss: list[str] = []  # memory must stay bounded: evicted states freed, frozen or not
-            if path == "staged":
-                HEAP.enable()  # each committed batch's survivors frozen, as in the service
             if profiler is not None:
                 profiler.start()
             pg_before = _postgres_cpu()
@@ -356,6 +364,12 @@ def main() -> None:
         default="staged",
         help="the handler as the service runs it (staged: batch N+1 folded while N commits) or one batch at a time",
     )
+    parser.add_argument(
+        "--state",
+        choices=["restored", "cold", "both"],
+        default="both",
+        help="the state cache filled from the table before the run, as the service does at start-up, or empty",
+    )
     args = parser.parse_args()
     # As in the service (services/alerts/main.py): the rule state is long-lived.
     gc.set_threshold(100_000, 50, 100)
@@ -383,25 +397,35 @@ def main() -> None:
         if profiler and args.profile == "pure":
             profiler.stop()
         lines.append(
-            f"{name + ': engine (pure)':<44}{args.events:>8,}{changes / args.events:>9.2f}{wall:>8.2f}"
+            f"{name + ': engine (pure)':<54}{args.events:>8,}{changes / args.events:>9.2f}{wall:>8.2f}"
             f"{args.events / wall:>10,.0f}{cpu:>7.2f}{args.events / cpu:>14,.0f}{'>= 5,000':>10}"
         )
         paths = ["sequential", "staged"] if args.path == "both" else [args.path]
         db_rng_state = rng.getstate()  # each path folds the same events
-        for path in paths:
+        runs = [(p, c) for p in paths for c in (["restored", "cold"] if args.state == "both" else [args.state])]
+        for path, cache in runs:
             rng.setstate(db_rng_state)
             # Under uvloop, as the service runs (shared/runtime.py serves with loop="uvloop").
             db_elapsed, db_cpu, pg_cpu, raised, db_changes = uvloop.run(
-                run_db(mix, states, args.targets, args.db_events, rng, profiler if args.profile == "db" else None, path)
+                run_db(
+                    mix,
+                    states,
+                    args.targets,
+                    args.db_events,
+                    rng,
+                    profiler if args.profile == "db" else None,
+                    path,
+                    restore=cache == "restored",
+                )
             )
-            label = f"{name}: handler + PostgreSQL ({path})"
+            label = f"{name}: handler + PostgreSQL ({path}, {cache})"
             lines.append(
-                f"{label:<44}{args.db_events:>8,}{db_changes / args.db_events:>9.2f}"
+                f"{label:<54}{args.db_events:>8,}{db_changes / args.db_events:>9.2f}"
                 f"{db_elapsed:>8.2f}{args.db_events / db_elapsed:>10,.0f}{db_cpu:>7.2f}"
                 f"{args.db_events / db_cpu:>14,.0f}{'>= 5,000':>10}"
                 f"{pg_cpu if pg_cpu is not None else float('nan'):>9.2f}"
             )
-            print(f"{name}: handler run ({path}) raised {raised:,} alerts, {db_changes:,} changes", flush=True)
+            print(f"{name}: handler run ({path}, {cache}) raised {raised:,} alerts, {db_changes:,} changes", flush=True)
         if profiler:
             print(profiler.output_text(unicode=False, color=False, show_all=False))
         del states, events
@@ -409,7 +433,7 @@ def main() -> None:
         gc.collect()
     print(f"\n{args.targets:,} targets of state")
     print(
-        f"{'path':<44}{'events':>8}{'chg/evt':>9}{'wall s':>8}{'events/s':>10}{'CPU s':>7}"
+        f"{'path':<54}{'events':>8}{'chg/evt':>9}{'wall s':>8}{'events/s':>10}{'CPU s':>7}"
         f"{'events/CPU-s':>14}{'target':>10}{'PG CPU s':>9}"
     )
     print("\n".join(lines))

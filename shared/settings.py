@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # safe; rate limits and the key cache are per worker). See docs/intake.md.
     intake_workers: int = 1
 
+    # Rule states the alerts service keeps decoded in memory (about 4 KB each, with their
+    # rows), filled from the table at start-up: at least the keys with state (targets and
+    # places) for the handler's full rate. See docs/alerts.md.
+    alerts_state_cache: int = 150_000
+
     # Readers without incidents:read see stats with cells under k suppressed.
     stats_k: int = 3
 

@@ -747,6 +747,10 @@ class Engine:
             last_received=ordered[-1].received_at,
         )
 
+    def prepare(self, state: KeyState) -> None:
+        """Compute a state's rows now (a restored state, off the batches' path)."""
+        self._sorted_rows(state)
+
     def _sorted_rows(self, state: KeyState) -> list[_Row]:
         if state.rows_cache is None:
             state.rows_cache = sorted((r for inc in state.incidents.values() for r in self.rows(inc)), key=_WHEN)

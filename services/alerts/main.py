@@ -4,8 +4,11 @@ consumer of classified incidents, the delivery workers and the alerts API (port 
 from __future__ import annotations
 
 import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 from fastapi import FastAPI
 
 from services.alerts import service
@@ -14,8 +17,8 @@ from services.alerts.delivery import delivery_extra
 from services.alerts.engine import Engine
 from services.alerts.receivers import load_receivers
 from services.alerts.rules import load_rules
-from shared.consumer_app import ConsumerService, create_consumer_app
-from shared.runtime import configure_logging, serve
+from shared.consumer_app import ConsumerService, Extra, create_consumer_app
+from shared.runtime import Supervised, configure_logging, serve
 from shared.settings import Settings, get_settings
 
 DEFAULT_PORT = 8083
@@ -27,7 +30,7 @@ def build_spec(settings: Settings) -> ConsumerService:
     """Raises RulesError / ReceiversError with every problem listed: the service does not start."""
     rules = load_rules(settings.rules_file or None)
     receivers = load_receivers(settings.receivers_file or None)
-    handler = service.AlertsHandler(Engine(rules), receivers)
+    handler = service.AlertsHandler(Engine(rules), receivers, settings.alerts_state_cache)
     return ConsumerService(
         component=COMPONENT,
         title="tnrwatch alerts",
@@ -37,8 +40,26 @@ def build_spec(settings: Settings) -> ConsumerService:
         handle=handler,
         staged=handler,  # batch N+1 is folded while batch N commits
         routers=[router],
-        extras=[delivery_extra(settings, receivers)],
+        extras=[delivery_extra(settings, receivers), restore_extra(handler)],
     )
+
+
+def restore_extra(handler: service.AlertsHandler) -> Extra:
+    """The state cache filled from the table beside the consumer (retried if it fails)."""
+
+    @asynccontextmanager
+    async def extra(app: FastAPI, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        async def run() -> None:
+            await handler.restore(pool)
+
+        restore = Supervised("alerts-restore", run)
+        restore.start()
+        try:
+            yield
+        finally:
+            await restore.stop(None, 0.0)
+
+    return extra
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from prometheus_client import Counter
 from pydantic import BaseModel
 
@@ -243,10 +244,10 @@ class AlertsHandler:
     makes that batch fold again under lock, as the sequential path does, and the batch staged
     meanwhile is staged again."""
 
-    def __init__(self, engine: Engine, receivers: ReceiversConfig) -> None:
+    def __init__(self, engine: Engine, receivers: ReceiversConfig, state_cache: int = 150_000) -> None:
         self.engine = engine
         self.receivers = receivers
-        self.states = store.StateCache()
+        self.states = store.StateCache(state_cache)
         # What staged batches not yet known to be committed wrote, by generation.
         self.overlay_states: dict[str, tuple[int, uuid.UUID | None, KeyState]] = {}
         self.overlay_filings: dict[str, tuple[int, IncidentFiling]] = {}
@@ -282,6 +283,26 @@ class AlertsHandler:
             for change in changes:
                 log.info("alert %s %s (%s)", change.kind.value, change.record.alert_id, change.record.rule)
             await commit_changes(conn, changes, self.receivers, now)
+
+    async def restore(self, pool: asyncpg.Pool, chunk: int = 2_000) -> int:
+        """Fill the state cache from the table at start-up, most recently written states first
+        in line, so batches find them decoded (with their rows) instead of reading and
+        decoding each key cold: about a sixth of the handler's CPU on the realistic mix.
+        Runs beside the consumer, a chunk at a time; safe at any moment, since a cached state
+        is used only while the table holds its version. Returns the states restored."""
+        keys = await store.newest_state_keys(pool, self.states.capacity)
+        restored = 0
+        for start in range(0, len(keys), chunk):
+            for key, version, raw in await store.committed_states(pool, keys[start : start + chunk]):
+                if key in self.states.entries or key in self.overlay_states:
+                    continue  # a batch got there first, with a version at least as new
+                state = KeyState.from_json(orjson.loads(raw))
+                self.engine.prepare(state)
+                restored += self.states.put_if_absent(key, version, state)
+            HEAP.after_batch()  # what it decoded leaves the collector's generations
+            await asyncio.sleep(0)
+        log.info("restored %d rule states into the cache (capacity %d)", restored, self.states.capacity)
+        return restored
 
     # --- staged -------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ class StateCache:
     A state is trusted only if the table still holds the same token, so a rolled-back batch
     or a write by another replica makes the service read the state again."""
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 150_000) -> None:
         self.capacity = capacity
         # OrderedDict: popping a plain dict's first item scans past every slot deleted before it.
         self.entries: OrderedDict[str, tuple[uuid.UUID, KeyState]] = OrderedDict()
@@ -53,6 +53,14 @@ class StateCache:
         if entry is None or version is None or entry[0] != version:
             return None
         return entry[1]
+
+    def put_if_absent(self, key: str, version: uuid.UUID, state: KeyState) -> bool:
+        """For the start-up restore: a batch may have cached a newer version meanwhile (kept),
+        and a full cache is not made to evict what batches wrote."""
+        if key in self.entries or len(self.entries) >= self.capacity:
+            return False
+        self.entries[key] = (version, state)
+        return True
 
     def put(self, key: str, version: uuid.UUID, state: KeyState) -> None:
         # Least recently written first out: a busy place written every batch stays (re-inserted
@@ -119,6 +127,28 @@ async def read_states(
             hit = KeyState.from_json(orjson.loads(raw)) if raw is not None else KeyState()
         found[key] = (version, hit)
     return found
+
+
+async def newest_state_keys(pool: asyncpg.Pool, limit: int) -> list[str]:
+    """The keys of the ``limit`` most recently written states (with a version: rows from before
+    versions existed cannot be trusted from a cache), oldest first."""
+    rows = await pool.fetch(
+        """SELECT key FROM (SELECT key, updated_at FROM rule_state WHERE version IS NOT NULL
+                             ORDER BY updated_at DESC LIMIT $1) AS newest ORDER BY updated_at""",
+        limit,
+    )
+    return [r["key"] for r in rows]
+
+
+async def committed_states(pool: asyncpg.Pool, keys: Sequence[str]) -> list[tuple[str, uuid.UUID, str]]:
+    """(key, version, state JSON) of ``keys`` as committed, without locks, in the order of ``keys``
+    (a key deleted meanwhile left out)."""
+    rows = await pool.fetch(
+        """SELECT s.key, s.version, s.state FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n)
+             JOIN rule_state s ON s.key = k.key WHERE s.version IS NOT NULL ORDER BY k.n""",
+        list(keys),
+    )
+    return [(r["key"], r["version"], r["state"]) for r in rows]
 
 
 @dataclass(frozen=True)

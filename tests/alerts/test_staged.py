@@ -306,3 +306,45 @@ async def test_a_state_written_by_another_replica_meanwhile_is_folded_on(
     alerts = await store.list_alerts(pool, status=None, severity=None, target_ref="t1")
     (r1,) = [a for a in alerts if a.rule == "R1_extradition_with_family_pressure"]
     assert r1.incident_ids == ("r1", "r2", "r3")  # raised by the other replica, updated by r3
+
+
+async def test_a_restarted_handler_restores_its_states_and_goes_on_as_if_it_never_stopped(
+    two_pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    events = traffic(1200)
+    staged_pool, sequential_pool = two_pools
+    engine = Engine(load_rules())
+    await feed_all(consumer(staged_pool, AlertsHandler(engine, RECEIVERS)), events[:600], 100)
+
+    restarted = AlertsHandler(engine, RECEIVERS)
+    restored = await restarted.restore(staged_pool)
+    table = {r["key"]: r for r in await staged_pool.fetch("SELECT key, version, state FROM rule_state")}
+    assert restored == len(table) > 40, "every state with a version is in the cache"
+    for key, (version, state) in restarted.states.entries.items():
+        assert version == table[key]["version"]
+        assert state.to_json() == json.loads(table[key]["state"])
+    assert await restarted.restore(staged_pool) == 0, "a state already cached is not replaced"
+
+    await feed_all(consumer(staged_pool, restarted), events[600:], 100)
+    await sequential(sequential_pool, AlertsHandler(engine, RECEIVERS), events, 100)
+    after_restart, one_by_one = await everything(staged_pool), await everything(sequential_pool)
+    for part in ["alerts", "changes", "outbox", "states", "filings", "other"]:
+        assert after_restart[part] == one_by_one[part], part
+
+
+async def test_a_small_cache_restores_the_most_recently_written_states(
+    two_pools: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    pool, _ = two_pools
+    engine = Engine(load_rules())
+    await feed_all(consumer(pool, AlertsHandler(engine, RECEIVERS)), traffic(300), 50)
+    # One batch's states share its transaction's clock: give each its own write time.
+    await pool.execute(
+        """UPDATE rule_state s SET updated_at = timestamptz '2026-01-01' + n * interval '1 second'
+             FROM (SELECT key, row_number() OVER (ORDER BY md5(key)) AS n FROM rule_state) AS o
+            WHERE o.key = s.key"""
+    )
+    newest = [r["key"] for r in await pool.fetch("SELECT key FROM rule_state ORDER BY updated_at DESC LIMIT 5")]
+    small = AlertsHandler(engine, RECEIVERS, state_cache=5)
+    assert await small.restore(pool) == 5
+    assert list(small.states.entries) == newest[::-1]  # oldest first: the first evicted
