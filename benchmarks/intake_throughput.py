@@ -90,14 +90,15 @@ class CpuAccount:
 
         servers = local_servers()
         pg = {p: schedstat([p])[0] for p in servers.get("postgres", [])}
-        return {"intake": process_cpu(self.intake_pid), "postgres": pg,
+        intake = process_cpu(self.intake_pid)
+        return {"intake": intake, "queued": schedstat(list(intake))[1], "postgres": pg,
                 "broker": schedstat(servers["kafka"])[0] if "kafka" in servers else 0.0,
                 "client": time.process_time() if self.client else 0.0, "machine": _machine_ticks(),
                 "wall": time.perf_counter()}
 
-    def close(self, events: int, what: str) -> tuple[str, list[float], tuple[float, float, float]]:
+    def close(self, events: int, what: str) -> tuple[str, list[float], tuple[float, ...]]:
         """(phase, CPU µs an event of intake, PostgreSQL, broker, client, other; busy, idle
-        and stolen cores)."""
+        and stolen cores, intake's processes running and waiting, runnable, for a CPU)."""
         a, b = self.started, self._read()
         tick = os.sysconf("SC_CLK_TCK")
         intake = sum(b["intake"][p] - a["intake"].get(p, 0.0) for p in b["intake"])
@@ -107,10 +108,11 @@ class CpuAccount:
         wall = b["wall"] - a["wall"]
         other = max(busy - intake - pg - broker - client, 0.0)
         per_event = [v / events * 1e6 for v in (intake, pg, broker, client, other)]
-        return what, per_event, (busy / wall, idle / wall, steal / wall)
+        queued = b["queued"] - a["queued"]  # processes that ended meanwhile are not counted
+        return what, per_event, (busy / wall, idle / wall, steal / wall, intake / wall, queued / wall)
 
 
-ACCOUNTS: list[tuple[str, list[float], tuple[float, float, float]]] = []
+ACCOUNTS: list[tuple[str, list[float], tuple[float, ...]]] = []
 
 
 async def heap_only_share(settings: Settings) -> str:
@@ -418,12 +420,14 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     print(f"single posts (1 worker) vs target 1,500/s: {'MET' if single_rate >= 1500 else 'NOT MET'}")
     print(f"best batches vs half the bare producer ({raw / 2:,.0f}/s): "
           f"{'MET' if batch_rate >= raw / 2 else 'NOT MET'} ({batch_rate / raw:.0%} of the bare producer)")
-    print(f"\nthe machine's CPU in each phase, µs an event ({os.cpu_count()} cores: busy / idle / stolen)")
+    print(f"\nthe machine's CPU in each phase, µs an event; cores: the {os.cpu_count()} busy / idle / stolen, "
+          "intake running / waiting for a CPU")
     print(f"{'phase':<36} {'intake':>7} {'postgres':>8} {'broker':>7} {'client':>7} {'other':>6} {'all':>7}  cores")
     print("-" * 90)
-    for what, (intake, pg, broker, client, other), (busy, idle, steal) in ACCOUNTS:
+    for what, (intake, pg, broker, client, other), (busy, idle, steal, ran, queued) in ACCOUNTS:
         print(f"{what:<36} {intake:>7,.0f} {pg:>8,.0f} {broker:>7,.0f} {client:>7,.0f} {other:>6,.0f} "
-              f"{intake + pg + broker + client + other:>7,.0f}  {busy:.2f} / {idle:.2f} / {steal:.2f}")
+              f"{intake + pg + broker + client + other:>7,.0f}  {busy:.2f} / {idle:.2f} / {steal:.2f}, "
+              f"{ran:.2f} / {queued:.2f}")
     print("(bare producer: 'intake' is the producer, this process; 'client' is then 0. CPU per event of")
     print(" each process = the CPU rate it needs: all / 1e6 events per CPU-second of the machine)")
     print(f"settlements that were heap-only updates of intake_reports (no index entries): {hot}")
