@@ -30,7 +30,7 @@ DEFAULT_PORT = 8081
 # to the broker, measured +25% events per CPU-second in batch mode); the guarantees (acks=all,
 # idempotence) are make_producer's and unchanged. Linger 1 ms, not 5: aiokafka keeps one
 # produce request in flight per broker, so records batch up behind it anyway, and 5 ms of
-# linger held each wave of concurrent single posts with the worker idle (0.76-0.78 of a core
+# linger held each wave of concurrent single posts with the worker idle (0.76-0.81 of a core
 # busy at 64 connections, against 0.92-0.93 with 1 ms; docs/intake.md, "Night round").
 PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 1, "max_batch_size": 256 * 1024}
 log = logging.getLogger(__name__)
