@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # safe; rate limits and the key cache are per worker). See docs/intake.md.
     intake_workers: int = 1
 
-    # Rule states the alerts service keeps decoded in memory (about 4 KB each, with their
+    # Rule states the alerts service keeps decoded in memory (about 7 KB resident each, with their
     # rows), filled from the table at start-up: at least the keys with state (targets and
     # places) for the handler's full rate. See docs/alerts.md.
     alerts_state_cache: int = 150_000
