@@ -32,7 +32,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from benchmarks.alerts_latency import local_servers, schedstat
+from benchmarks.procs import local_servers, schedstat
 from services.alerts.engine import ActFact, Engine, IncidentSnapshot, KeyState, Upsert
 from services.alerts.lifecycle import AlertRecord, on_evaluation
 from services.alerts.main import COMPONENT, MIGRATIONS

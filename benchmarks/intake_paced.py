@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.alerts_latency import local_servers, schedstat
 from benchmarks.intake_throughput import Profiler, _metric_sums, _read_response, cpu_seconds, http_request, waits_note
+from benchmarks.procs import local_servers, schedstat
 from tests.harness import ServiceProcess, drop_database, free_port, isolated_settings, issue_key
 from tests.infra import _local_stack
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.intake_steps import batch_body
+from benchmarks.procs import schedstat
 from services.intake import store
 from services.intake.binding import parse
 from services.intake.main import MIGRATIONS, SERVER_SETTINGS, _no_session_reset
@@ -32,8 +33,8 @@ from tests.infra import _local_stack
 
 
 def _ran(pid: int) -> float:
-    """Seconds the backend has run on a CPU (all its threads: one)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    """Seconds the backend has run on a CPU."""
+    return schedstat([pid])[0]
 
 
 async def main(groups: int, size: int, prefill: int, fillfactor: int | None = None) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks.procs import local_servers, schedstat
 from services.intake.main import PRODUCER_TUNING
 from shared.kafka import topics_for
 from shared.settings import Settings
@@ -86,8 +87,6 @@ class CpuAccount:
         self.started = self._read()
 
     def _read(self) -> dict[str, Any]:
-        from benchmarks.alerts_latency import local_servers, schedstat  # it imports this module
-
         servers = local_servers()
         pg = {p: schedstat([p])[0] for p in servers.get("postgres", [])}
         intake = process_cpu(self.intake_pid)
