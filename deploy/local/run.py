@@ -3,7 +3,7 @@
 Starts (or reuses) Kafka and PostgreSQL through deploy/local/stack.sh, generates development
 secrets on first run, starts the four services as processes, waits until each is ready,
 creates a demo partner key, loads the demo reports through intake, prints the URLs, and on
-Ctrl-C / SIGTERM stops everything it started.
+Ctrl-C / SIGTERM stops everything it started (a Kafka and PostgreSQL that were already up stay up).
 """
 
 from __future__ import annotations
@@ -90,7 +90,11 @@ def load_demo(api_key: str) -> tuple[int, int]:
 
 
 def main() -> int:
-    subprocess.run(["bash", str(ROOT / "deploy" / "local" / "stack.sh"), "up"], check=True)
+    stack = ["bash", str(ROOT / "deploy" / "local" / "stack.sh")]
+    # A stack that was already up (`make stack-up`, another checkout's tests) is reused and
+    # left running, as deploy/local/with-stack.sh does: only what this command started stops.
+    started_stack = subprocess.run([*stack, "status"], capture_output=True, check=False).returncode != 0
+    subprocess.run([*stack, "up"], check=True)
     env = {**os.environ, **read_env_file(RUN / "stack.env"), **dev_secrets()}
     env.setdefault("TNR_TOPIC_PREFIX", "tnrwatch")
     env.setdefault("TNR_RULES_FILE", "")
@@ -125,7 +129,9 @@ def main() -> int:
             "  classifier   http://127.0.0.1:8084   (/healthz /readyz /metrics)\n"
             f"  demo partner key (admin; shown once): {api_key}\n"
             f"  demo reports loaded: {accepted} accepted, {duplicates} already there\n"
-            "  logs: .run/logs/   Ctrl-C stops everything.\n",
+            "  logs: .run/logs/   Ctrl-C stops the services"
+            + (", Kafka and PostgreSQL.\n" if started_stack
+               else " (Kafka and PostgreSQL were up before: left running).\n"),
             flush=True,
         )
         while not stopping:
@@ -143,7 +149,8 @@ def main() -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        subprocess.run(["bash", str(ROOT / "deploy" / "local" / "stack.sh"), "down"], check=False)
+        if started_stack:
+            subprocess.run([*stack, "down"], check=False)
     return 0
 
 
