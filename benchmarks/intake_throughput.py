@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from benchmarks.procs import local_servers, schedstat
 from services.intake.main import PRODUCER_TUNING
 from shared.kafka import topics_for
+from shared.runtime import collect_less
 from shared.settings import Settings
 from tests.harness import ServiceProcess, drop_database, drop_topics, free_port, isolated_settings, issue_key
 from tests.infra import _local_stack
@@ -295,12 +295,11 @@ async def bare_producer_rate(settings: Settings, records: list[Any]) -> tuple[fl
     await producer.start()
     try:
         await (await producer.send(topic, b"warm-up"))
-        # The records held for this comparison (and everything else this process read) out of
-        # the collector's reach: a bare producer holds none of them, and traversing them in
-        # each full collection cut its rate by a quarter at --batches 1000 (45-47k against
-        # ~60k events/s frozen).
-        gc.collect()
-        gc.freeze()
+        # The collector as intake's workers have it (shared.runtime.collect_less): what this
+        # process holds (the records kept for this comparison) frozen out of its reach. A bare
+        # producer holds none of them; traversing them in each full collection cut its rate by
+        # a quarter at --batches 1000 (45-47k against ~60k events/s frozen).
+        collect_less()
         started, cpu = time.perf_counter(), time.process_time()
         account = CpuAccount(os.getpid(), client=False)  # the producer: this process
         futures = [await producer.send(topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
