@@ -1,6 +1,6 @@
 """Intake throughput: accepted events per second, acks=all, against the limit of the broker.
 
-    .venv/bin/python -m benchmarks.intake_throughput [--single 6000] [--batches 200] [--workers 2]
+    .venv/bin/python -m benchmarks.intake_throughput [--single 6000] [--batches 200] [--workers 2] [--cpus 0]
 
 Starts intake as a real process (one uvicorn worker) on its own database and topics, on the
 local stack's broker and PostgreSQL (.run/stack.env), then measures in one run:
@@ -15,7 +15,12 @@ A second table accounts for the whole machine's CPU in each phase, per event: in
 local stack's PostgreSQL (every backend) and broker, the load generator (this process: in the
 last phase, the bare producer), anything else, and how many of the cores were busy, idle or
 stolen by the hypervisor (/proc/stat). Idle cores in a phase: intake waited rather than
-worked (concurrency is the lever); none: CPU per event is.
+worked (concurrency is the lever); none: CPU per event is. Its last line estimates how many
+cores batches need for the target at the CPU an event measured: the bare producer is one
+process, which no number of cores makes faster than its own rate per CPU-second, while
+intake's workers, PostgreSQL and the broker spread over cores. ``--cpus 0`` runs everything on
+one CPU (affinity of this process, intake, the local broker and PostgreSQL; put back after),
+to measure how both rates grow from one core to two.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks.procs import local_servers, schedstat
+from benchmarks.procs import local_servers, pinned, schedstat
 from services.intake.main import PRODUCER_TUNING
 from shared.kafka import topics_for
 from shared.runtime import collect_less
@@ -339,6 +344,15 @@ async def batch_phase(port: int, key: str, pid: int, prefix: str, batches: int, 
 BATCH_CONNECTIONS = 8  # per worker: the kernel spreads connections over the workers' sockets
 
 
+def cpu_list(text: str) -> set[int]:
+    """``0``, ``0-1``, ``0,2``: the CPUs, as taskset's list."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 async def main(single: int, batches: int, connections: int, profile: Path | None = None,
                workers: int = 2) -> None:
     infra = _local_stack()
@@ -411,7 +425,9 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     await drop_database(infra.database_url, settings)
     await drop_topics(settings)
 
-    print(f"\nintake throughput ({os.cpu_count()} CPUs shared, broker {settings.kafka_bootstrap})")
+    cores = len(os.sched_getaffinity(0))
+    print(f"\nintake throughput ({cores} of the machine's {os.cpu_count()} CPUs, shared; "
+          f"broker {settings.kafka_bootstrap})")
     print(f"load average before the run: {load}")
     print(f"{'what':<36} {'events':>8} {'events/s':>10} {'per CPU-s':>10}  notes")
     print("-" * 90)
@@ -436,6 +452,20 @@ async def main(single: int, batches: int, connections: int, profile: Path | None
     print("(bare producer: 'intake' is the producer, this process; 'client' is then 0. CPU per event of")
     print(" each process = the CPU rate it needs: all / 1e6 events per CPU-second of the machine)")
     print(f"settlements that were heap-only updates of intake_reports (no index entries): {hot}")
+    best = max((r for r in rows if r[0].startswith("batches")), key=lambda r: r[2])[0]
+    machine = next(sum(cpu) for what, cpu, _ in ACCOUNTS if what == best)
+    print(cores_needed(machine, raw_cpu, cores))
+
+
+def cores_needed(machine_us: float, bare_per_cpu_s: float, cores: int) -> str:
+    """How many cores batches would need to reach half the bare producer, if the whole
+    machine's CPU an event stays as measured (intake's workers, PostgreSQL's backends and the
+    broker spread over cores; measured 1 -> 2 cores, docs/intake.md). The bare producer is
+    one process: however many cores, it cannot pass its own rate per CPU-second."""
+    half = bare_per_cpu_s / 2
+    return (f"estimate: half the bare producer's ceiling (its process on a core of its own: "
+            f"{half:,.0f}/s) at the best batches' {machine_us:,.0f} µs of machine CPU an event "
+            f"needs {half * machine_us / 1e6:.1f} cores (this run: {cores})")
 
 
 if __name__ == "__main__":
@@ -446,5 +476,9 @@ if __name__ == "__main__":
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the worker, stacks into this folder")
     parser.add_argument("--workers", type=int, default=2,
                         help="batches again on this many intake worker processes (1: skip)")
+    parser.add_argument("--cpus", type=cpu_list, default=None,
+                        help="run everything (this process, intake, the local broker and PostgreSQL) "
+                             "on these CPUs only, e.g. 0 or 0-1: the same run on a smaller machine")
     args = parser.parse_args()
-    asyncio.run(main(args.single, args.batches, args.connections, args.profile, args.workers))
+    with pinned(args.cpus):
+        asyncio.run(main(args.single, args.batches, args.connections, args.profile, args.workers))

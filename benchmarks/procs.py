@@ -5,7 +5,8 @@ PostgreSQL (deploy/local). Shared by the benchmarks that account for every proce
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.harness import ROOT
@@ -39,3 +40,39 @@ def local_servers() -> dict[str, list[int]]:
                     children.append(int(stat.parent.name))
         servers["postgres"] = [postmaster, *children]
     return servers
+
+
+def _threads(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    return []
+
+
+def _pids() -> list[int]:
+    return [os.getpid(), *(pid for pids in local_servers().values() for pid in pids)]
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    for tid in _threads(pid):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run this process (and what it starts), the local broker and PostgreSQL on ``cpus``
+    only (every thread; PostgreSQL's new backends inherit the postmaster's), as a machine
+    with that many cores would. Afterwards every thread of theirs, old or new, gets back the
+    CPUs its process had (new backends: all the machine's). ``None``: no change."""
+    if not cpus:
+        yield
+        return
+    before = {pid: os.sched_getaffinity(pid) for pid in _pids()}
+    try:
+        for pid in before:
+            _set_affinity(pid, cpus)
+        yield
+    finally:
+        everywhere = set(range(os.cpu_count() or 1))
+        for pid in _pids():
+            _set_affinity(pid, before.get(pid, everywhere))
