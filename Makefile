@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy shared services cli
+	$(BIN)/mypy shared services cli benchmarks tests
 
 pytest: setup
 	TNR_TEST_INFRA=$${TNR_TEST_INFRA:-auto} $(BIN)/pytest -q $(PYTEST_ARGS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from tests.conftest import Stack
 from tests.harness import wait_for
 
@@ -65,8 +67,8 @@ async def test_kidnapping_report_is_classified_and_raises_r3(stack: Stack, partn
 
 async def test_every_service_reports_ready(stack: Stack) -> None:
     for client in (stack.intake, stack.classifier, stack.alerts, stack.projections):
-        async def ready(client=client) -> bool:
-            return (await client.get("/readyz")).status_code == 200
+        async def ready(client: httpx.AsyncClient = client) -> bool:
+            return bool((await client.get("/readyz")).status_code == 200)
 
         await wait_for(ready, what="readiness")
         assert (await client.get("/healthz")).json() == {"status": "ok"}

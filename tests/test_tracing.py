@@ -64,7 +64,7 @@ async def test_one_trace_spans_intake_classifier_and_projections(stack: Stack, p
     batch_spans = [
         s for s in SPANS.get_finished_spans()
         if s.name == "projections apply batch"
-        and any(link.context.span_id == leaf.context.span_id for link in s.links)  # type: ignore[union-attr]
+        and any(link.context.span_id == leaf.context.span_id for link in s.links)
     ]
     assert batch_spans, "the projection write is not linked to the trace"
     # No personal data in any span.

@@ -37,13 +37,13 @@ def _claims(tag: str, count: int) -> list[store.Claim]:
 async def _every_statement(conn: asyncpg.Connection, tag: str, count: int) -> None:
     claims = _claims(tag, count)
     keys = [(c.source, c.report_id) for c in claims]
-    await store.claim(conn, claims, "me")  # type: ignore[arg-type]
-    await store.existing(conn, keys)  # type: ignore[arg-type]
-    await store.keep_identities(conn, [(k, b"again") for k in keys], "me")  # type: ignore[arg-type]
-    await store.take_over(conn, keys, "other", 0.0)  # type: ignore[arg-type]
-    await store.release(conn, keys[: count // 2], "other")  # type: ignore[arg-type]
+    await store.claim(conn, claims, "me")
+    await store.existing(conn, keys)
+    await store.keep_identities(conn, [(k, b"again") for k in keys], "me")
+    await store.take_over(conn, keys, "other", 0.0)
+    await store.release(conn, keys[: count // 2], "other")
     await store.mark_accepted(conn, [(keys[count // 2:], store.AuditRecord("post", 202, "accepted"))], "other")
-    await store.claim(conn, claims, "me")  # type: ignore[arg-type]  # duplicates this time
+    await store.claim(conn, claims, "me")  # duplicates this time
 
 
 async def test_statements_planned_on_an_empty_table_read_only_the_reports_asked_for(infra: Infra) -> None:
