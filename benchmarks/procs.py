@@ -17,9 +17,9 @@ def schedstat(pids: Sequence[int]) -> tuple[float, float]:
     kernel's schedstat): a long wait means the machine, not the service, was the bottleneck."""
     ran = waited = 0
     for pid in pids:
-        with contextlib.suppress(OSError):  # a process or thread that ended meanwhile
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                fields = (task / "schedstat").read_text().split()
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
                 ran, waited = ran + int(fields[0]), waited + int(fields[1])
     return ran / 1e9, waited / 1e9
 
